@@ -19,6 +19,8 @@
 void crypto_open(lua_State *L);
 void tse_open(lua_State *L);
 void http_open(lua_State *L);
+void aead_open(lua_State *L);   /* adds AES-256-GCM to module.crypto */
+void store_open(lua_State *L);
 
 /*
  * Pushes nil, "<prefix>: <openssl reason>" and clears the OpenSSL error

@@ -28,5 +28,7 @@ FISKALY_API int luaopen_fiskaly_core(lua_State *L)
     crypto_open(L);                                /* module.crypto */
     tse_open(L);                                   /* module.tse */
     http_open(L);                                  /* module.http */
+    aead_open(L);                                  /* module.crypto.aead_* */
+    store_open(L);                                 /* module.store */
     return 1;
 }
