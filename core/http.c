@@ -813,8 +813,9 @@ static int session_request(lua_State *L)
             transfer_close(t);
             return http_push_error(L, "network", "RESPONSE_TOO_LARGE", "response exceeds max_body_bytes");
         }
-        /* Copy the message before freeing (errbuf lives in t, which stays valid). */
         int n = http_push_curl_error(L, t->result, t->errbuf);
+        lua_pushnumber(L, (lua_Number)total_us / 1000.0);
+        lua_setfield(L, -2, "time_ms");
         transfer_close(t);
         return n;
     }
