@@ -10,11 +10,13 @@
 #include "crypto.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
 #include <openssl/asn1.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
 
@@ -356,10 +358,897 @@ static int tse_log_message(lua_State *L)
     return 2;
 }
 
+/* ------------------------------------------------------------------ results */
+
+#define E_MALFORMED_QR    "MALFORMED_QR"
+#define E_MALFORMED_LOG   "MALFORMED_LOG"
+#define E_SERIAL_MISMATCH "SERIAL_MISMATCH"
+
+/* The outcome of one verification; valid is set only after a signature verified. */
+typedef struct result {
+    int valid;
+    const char *code;                /* FISKALY_E_* / E_*; NULL when valid */
+    char reason[320];
+    int field;                       /* malformed QR field number, or 0 */
+    const fiskaly_curve *curve;
+    int has_serial;
+    unsigned char serial[32];        /* SHA-256 of the public key point */
+    const sig_alg *alg;
+    const char *encoding;            /* signature encoding: "plain" / "der" */
+    const char *pd_style;            /* processData form that verified */
+} result;
+
+static void result_fail(result *r, const char *code, const char *reason)
+{
+    r->valid = 0;
+    r->code = code;
+    snprintf(r->reason, sizeof r->reason, "%s", reason);
+}
+
+static void push_hex(lua_State *L, const unsigned char *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    luaL_Buffer b;
+    char *o = luaL_buffinitsize(L, &b, 2 * n);
+    for (size_t i = 0; i < n; i++) {
+        o[2 * i] = digits[p[i] >> 4];
+        o[2 * i + 1] = digits[p[i] & 0x0f];
+    }
+    luaL_pushresultsize(&b, 2 * n);
+}
+
+/* Pushes the result table; callers may add more fields to it. */
+static void result_push(lua_State *L, const result *r)
+{
+    lua_createtable(L, 0, 10);
+    lua_pushboolean(L, r->valid);
+    lua_setfield(L, -2, "valid");
+    if (!r->valid) {
+        lua_pushstring(L, r->reason);
+        lua_setfield(L, -2, "reason");
+        lua_pushstring(L, r->code != NULL ? r->code : FISKALY_E_INTERNAL);
+        lua_setfield(L, -2, "code");
+    }
+    if (r->field > 0) {
+        lua_pushinteger(L, r->field);
+        lua_setfield(L, -2, "field");
+    }
+    if (r->curve != NULL) {
+        lua_pushstring(L, r->curve->name);
+        lua_setfield(L, -2, "curve");
+    }
+    if (r->has_serial) {
+        push_hex(L, r->serial, sizeof r->serial);
+        lua_setfield(L, -2, "serial_number");
+    }
+    if (r->alg != NULL) {
+        lua_pushstring(L, r->alg->name);
+        lua_setfield(L, -2, "sig_alg");
+    }
+    if (r->encoding != NULL) {
+        lua_pushstring(L, r->encoding);
+        lua_setfield(L, -2, "signature_encoding");
+    }
+    if (r->pd_style != NULL) {
+        lua_pushstring(L, r->pd_style);
+        lua_setfield(L, -2, "process_data_style");
+    }
+}
+
+/*
+ * Decodes the public key and verifies sig over each candidate message
+ * (tried in order; the first that verifies wins).  Fills r.
+ */
+static void verify_candidates(result *r, const unsigned char *key, size_t key_len,
+                              const unsigned char *sig, size_t sig_len,
+                              const char *const msgs[], const size_t lens[], const char *const styles[],
+                              size_t nmsgs)
+{
+    unsigned char point[FISKALY_MAX_POINT];
+    size_t point_len = 0;
+    const char *code = FISKALY_E_INTERNAL;
+    EVP_PKEY *pkey = fiskaly_pubkey_decode(key, key_len, &r->curve, point, &point_len, &code);
+    if (pkey == NULL) {
+        result_fail(r, code, fiskaly_error_text(code));
+        return;
+    }
+    if (!r->has_serial) {
+        EVP_Digest(point, point_len, r->serial, NULL, EVP_sha256(), NULL);
+        r->has_serial = 1;
+    }
+    for (size_t i = 0; i < nmsgs && !r->valid; i++) {
+        if (fiskaly_ecdsa_verify(pkey, r->curve, r->alg->md, (const unsigned char *)msgs[i], lens[i],
+                                 sig, sig_len, &code, &r->encoding)) {
+            r->valid = 1;
+            r->code = NULL;
+            r->pd_style = styles[i];
+        } else if (strcmp(code, FISKALY_E_SIG_MISMATCH) != 0) {
+            break;                          /* malformed signature: no candidate can verify */
+        }
+    }
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    if (!r->valid)
+        result_fail(r, code, fiskaly_error_text(code));
+}
+
+/* ------------------------------------------------------------------ time */
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned mp = m > 2 ? m - 3 : m + 9;
+    unsigned doy = (153 * mp + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static unsigned days_in_month(int64_t y, unsigned m)
+{
+    static const unsigned dm[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : dm[m - 1];
+}
+
+/* n decimal digits at p -> value; 0 if any is not a digit. */
+static int digits(const char *p, size_t n, unsigned *out)
+{
+    unsigned v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned)(p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* ISO 8601 "YYYY-MM-DDThh:mm:ss[.f+]Z" -> Unix seconds (fraction dropped); 0 if malformed. */
+static int iso_parse(const char *s, size_t n, int64_t *out)
+{
+    unsigned y, mo, d, h, mi, se;
+    if (n < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':'
+        || s[n - 1] != 'Z' || !digits(s, 4, &y) || !digits(s + 5, 2, &mo) || !digits(s + 8, 2, &d)
+        || !digits(s + 11, 2, &h) || !digits(s + 14, 2, &mi) || !digits(s + 17, 2, &se))
+        return 0;
+    if (n > 20) {                                       /* ".f+" between seconds and Z */
+        unsigned frac;
+        if (s[19] != '.' || n < 22 || n > 30 || !digits(s + 20, n - 21, &frac))
+            return 0;
+    }
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59)
+        return 0;
+    *out = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
+    return 1;
+}
+
+static void push_iso(lua_State *L, int64_t t)
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (OPENSSL_gmtime(&tt, &tm) == NULL) {
+        ERR_clear_error();
+        lua_pushnil(L);
+        return;
+    }
+    lua_pushfstring(L, "%d-%s%d-%s%dT%s%d:%s%d:%s%d.000Z", tm.tm_year + 1900,
+                    tm.tm_mon < 9 ? "0" : "", tm.tm_mon + 1, tm.tm_mday < 10 ? "0" : "", tm.tm_mday,
+                    tm.tm_hour < 10 ? "0" : "", tm.tm_hour, tm.tm_min < 10 ? "0" : "", tm.tm_min,
+                    tm.tm_sec < 10 ? "0" : "", tm.tm_sec);
+}
+
+/* ------------------------------------------------------------------ QR codes */
+
+#define QR_FIELDS 12
+#define QR_MAX_SIG 256       /* decoded bytes; DER P-384 signatures are <= 104 */
+#define QR_MAX_KEY 512       /* decoded bytes; SPKI of P-384 is 120 */
+
+static const char *const qr_field_names[QR_FIELDS] = {
+    "version", "client_id", "process_type", "process_data", "transaction_number",
+    "signature_counter", "start_time", "log_time", "sig_alg", "log_time_format",
+    "signature", "public_key" };
+
+typedef struct qr_code {
+    bytes f[QR_FIELDS];              /* the printed fields, pointing into the QR string */
+    uint64_t transaction_number;
+    uint64_t signature_counter;
+    int64_t start_time;
+    int64_t log_time;
+    const sig_alg *alg;
+    enum time_format time_format;
+    unsigned char sig[QR_MAX_SIG];
+    size_t sig_len;
+    unsigned char key[QR_MAX_KEY];
+    size_t key_len;
+} qr_code;
+
+/* Decimal string -> integer that also fits a Lua integer; 0 if malformed. */
+static int parse_decimal(bytes b, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (b.n == 0 || b.n > 19)
+        return 0;
+    for (size_t i = 0; i < b.n; i++) {
+        if (b.p[i] < '0' || b.p[i] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(b.p[i] - '0');
+    }
+    if (v > (uint64_t)INT64_MAX)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static int bytes_eq(bytes b, const char *s)
+{
+    return b.n == strlen(s) && memcmp(b.p, s, b.n) == 0;
+}
+
+/*
+ * Splits the QR string at ';'.  processData is free text, so when there are
+ * more than 12 fields the surplus separators are taken to belong to field 4
+ * (the signature decides whether that reading is right).  Returns the count.
+ */
+static size_t qr_split(const char *s, size_t n, bytes f[QR_FIELDS])
+{
+    size_t seps[QR_FIELDS + 1];
+    size_t nsep = 0, total = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == ';') {
+            if (nsep < 3)
+                seps[nsep++] = i;
+            total++;
+        }
+    if (total < QR_FIELDS - 1)
+        return total + 1;
+    /* the last 8 separators, scanning from the end */
+    size_t k = QR_FIELDS - 1;
+    for (size_t i = n; i-- > 0 && k > 3;)
+        if (s[i] == ';')
+            seps[--k] = i;
+    size_t start = 0;
+    for (size_t i = 0; i < QR_FIELDS; i++) {
+        size_t end = i < QR_FIELDS - 1 ? seps[i] : n;
+        f[i].p = s + start;
+        f[i].n = end - start;
+        start = end + 1;
+    }
+    return QR_FIELDS;
+}
+
+/* Parses and validates a QR string.  On failure fills r (code, reason, field) and returns 0. */
+static int qr_parse(const char *s, size_t n, qr_code *q, result *r)
+{
+    char why[160];
+    int bad = 0;
+    memset(q, 0, sizeof *q);
+    size_t count = qr_split(s, n, q->f);
+    if (count != QR_FIELDS) {
+        snprintf(r->reason, sizeof r->reason,
+                 "malformed QR code: expected 12 fields separated by ';', got %zu", count);
+        r->code = E_MALFORMED_QR;
+        return 0;
+    }
+    why[0] = 0;
+    if (!bytes_eq(q->f[0], "V0"))
+        bad = 1, snprintf(why, sizeof why, "expected 'V0'");
+    else if (!parse_decimal(q->f[4], &q->transaction_number))
+        bad = 5, snprintf(why, sizeof why, "not a decimal integer");
+    else if (!parse_decimal(q->f[5], &q->signature_counter))
+        bad = 6, snprintf(why, sizeof why, "not a decimal integer");
+    else if (!iso_parse(q->f[6].p, q->f[6].n, &q->start_time))
+        bad = 7, snprintf(why, sizeof why, "not a time like 2021-08-23T14:36:33.000Z");
+    else if (!iso_parse(q->f[7].p, q->f[7].n, &q->log_time))
+        bad = 8, snprintf(why, sizeof why, "not a time like 2021-08-23T14:36:33.000Z");
+    else if ((q->alg = alg_by_name(q->f[8].p, q->f[8].n)) == NULL)
+        bad = 9, snprintf(why, sizeof why, "unknown algorithm");
+    else if (bytes_eq(q->f[9], "unixTime")) q->time_format = TF_UNIX;
+    else if (bytes_eq(q->f[9], "utcTime")) q->time_format = TF_UTC;
+    else if (bytes_eq(q->f[9], "generalizedTime")) q->time_format = TF_GENERALIZED;
+    else
+        bad = 10, snprintf(why, sizeof why, "expected unixTime, utcTime or generalizedTime");
+    if (!bad && (q->f[10].n == 0 || q->f[10].n > 4 * QR_MAX_SIG / 3
+                 || !fiskaly_b64_decode(q->f[10].p, q->f[10].n, q->sig, &q->sig_len)))
+        bad = 11, snprintf(why, sizeof why, "not base64");
+    if (!bad && (q->f[11].n == 0 || q->f[11].n > 4 * QR_MAX_KEY / 3
+                 || !fiskaly_b64_decode(q->f[11].p, q->f[11].n, q->key, &q->key_len)))
+        bad = 12, snprintf(why, sizeof why, "not base64");
+    if (!bad && q->time_format == TF_UTC && q->log_time >= 2524608000)      /* 2050-01-01 */
+        bad = 8, snprintf(why, sizeof why, "not representable as utcTime");
+    if (!bad)
+        return 1;
+    r->field = bad;
+    if (bad == 9) {
+        r->code = FISKALY_E_UNKNOWN_ALG;
+        snprintf(r->reason, sizeof r->reason, "unknown algorithm '%.*s' (QR field 9, sig_alg)",
+                 (int)(q->f[8].n < 60 ? q->f[8].n : 60), q->f[8].p);
+    } else {
+        r->code = E_MALFORMED_QR;
+        snprintf(r->reason, sizeof r->reason, "malformed QR field %d (%s): %s", bad, qr_field_names[bad - 1], why);
+    }
+    return 0;
+}
+
+/* Signed-message fields of the FinishTransaction a QR code carries. */
+static void qr_to_fields(const qr_code *q, const unsigned char serial[32], tse_fields *f)
+{
+    memset(f, 0, sizeof *f);
+    f->operation_type.p = "FinishTransaction";
+    f->operation_type.n = strlen(f->operation_type.p);
+    f->client_id = q->f[1];
+    f->process_type = q->f[2];
+    f->has_process_type = 1;
+    f->process_data = q->f[3];
+    f->transaction_number = q->transaction_number;
+    memcpy(f->serial, serial, 32);
+    f->alg = q->alg;
+    f->signature_counter = q->signature_counter;
+    f->log_time = q->log_time;
+    f->time_format = q->time_format;
+    f->pd_style = PD_DER;
+    f->nchunks = 1;
+    f->chunks[0] = q->f[3];
+}
+
+static void push_bytes_field(lua_State *L, bytes b, const char *name)
+{
+    lua_pushlstring(L, b.p, b.n);
+    lua_setfield(L, -2, name);
+}
+
+static void push_int_field(lua_State *L, lua_Integer v, const char *name)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, name);
+}
+
+/* parse_qr(s) -> table | nil, err */
+static int tse_parse_qr(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    qr_code *q = lua_newuserdatauv(L, sizeof *q, 0);        /* ~1 KiB: keep it off the C stack */
+    result r;
+    memset(&r, 0, sizeof r);
+    if (!qr_parse(s, n, q, &r)) {
+        lua_pushnil(L);
+        lua_pushstring(L, r.reason);
+        return 2;
+    }
+    lua_createtable(L, 0, 16);
+    for (int i = 0; i < QR_FIELDS; i++)
+        if (i != 4 && i != 5 && i != 10 && i != 11)
+            push_bytes_field(L, q->f[i], qr_field_names[i]);
+    push_int_field(L, (lua_Integer)q->transaction_number, "transaction_number");
+    push_int_field(L, (lua_Integer)q->signature_counter, "signature_counter");
+    push_int_field(L, (lua_Integer)q->log_time, "log_time_unix");
+    push_int_field(L, (lua_Integer)q->start_time, "start_time_unix");
+    lua_pushlstring(L, (const char *)q->sig, q->sig_len);
+    lua_setfield(L, -2, "signature");
+    lua_pushlstring(L, (const char *)q->key, q->key_len);
+    lua_setfield(L, -2, "public_key");
+    return 1;
+}
+
+/* verify_qr(s) -> result */
+static int tse_verify_qr(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    qr_code *q = lua_newuserdatauv(L, sizeof *q, 0);
+    tse_fields *f = lua_newuserdatauv(L, sizeof *f, 0);
+    result r;
+    memset(&r, 0, sizeof r);
+    if (!qr_parse(s, n, q, &r)) {
+        result_push(L, &r);
+        return 1;
+    }
+    r.alg = q->alg;
+
+    /* serial = SHA-256(point): needs the decoded key first; a bad key is reported by verify_candidates. */
+    unsigned char point[FISKALY_MAX_POINT];
+    size_t point_len = 0;
+    const char *code = NULL;
+    EVP_PKEY *pkey = fiskaly_pubkey_decode(q->key, q->key_len, &r.curve, point, &point_len, &code);
+    EVP_PKEY_free(pkey);
+    if (pkey != NULL) {
+        EVP_Digest(point, point_len, r.serial, NULL, EVP_sha256(), NULL);
+        r.has_serial = 1;
+    }
+    qr_to_fields(q, r.serial, f);
+
+    /* Candidates: DER processData (everyone), then D-Trust's single-chunk BER form. */
+    const char *msgs[2];
+    size_t lens[2];
+    static const char *const styles[2] = { "der", "ber-indef" };
+    luaL_Buffer b;
+    for (int i = 0; i < 2; i++) {
+        f->pd_style = i == 0 ? PD_DER : PD_BER_INDEF;
+        luaL_buffinit(L, &b);
+        if (tbs_build(&b, f) != NULL) {                /* pre-validated: cannot happen */
+            result_fail(&r, FISKALY_E_INTERNAL, "internal error: cannot encode the log message");
+            result_push(L, &r);
+            return 1;
+        }
+        luaL_pushresult(&b);
+        msgs[i] = lua_tolstring(L, -1, &lens[i]);
+    }
+    verify_candidates(&r, q->key, q->key_len, q->sig, q->sig_len, msgs, lens, styles, 2);
+    result_push(L, &r);
+    push_bytes_field(L, q->f[1], "client_id");
+    push_int_field(L, (lua_Integer)q->transaction_number, "transaction_number");
+    push_int_field(L, (lua_Integer)q->signature_counter, "signature_counter");
+    push_int_field(L, (lua_Integer)q->log_time, "log_time_unix");
+    push_bytes_field(L, q->f[7], "log_time");
+    return 1;
+}
+
+/* verify_fields(t) -> result; t as for log_message plus public_key and signature. */
+static int tse_verify_fields(lua_State *L)
+{
+    tse_fields *f = lua_newuserdatauv(L, sizeof *f, 0);
+    bytes key, sig, serial;
+    result r;
+    memset(&r, 0, sizeof r);
+    fields_read(L, 1, f, 0);
+    field_bytes(L, 1, "public_key", &key, 1);
+    field_bytes(L, 1, "signature", &sig, 1);
+    int has_serial = field_bytes(L, 1, "serial_number", &serial, 0);
+    if (f->alg == NULL) {
+        lua_getfield(L, 1, "sig_alg");
+        snprintf(r.reason, sizeof r.reason, "unknown algorithm '%.60s'",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+        lua_pop(L, 1);
+        r.code = FISKALY_E_UNKNOWN_ALG;
+        result_push(L, &r);
+        return 1;
+    }
+    r.alg = f->alg;
+    unsigned char point[FISKALY_MAX_POINT];
+    size_t point_len = 0;
+    const char *code = NULL;
+    EVP_PKEY *pkey = fiskaly_pubkey_decode((const unsigned char *)key.p, key.n, &r.curve, point, &point_len, &code);
+    EVP_PKEY_free(pkey);
+    if (pkey == NULL) {
+        result_fail(&r, code, fiskaly_error_text(code));
+        result_push(L, &r);
+        return 1;
+    }
+    EVP_Digest(point, point_len, f->serial, NULL, EVP_sha256(), NULL);
+    memcpy(r.serial, f->serial, sizeof r.serial);
+    r.has_serial = 1;
+    if (has_serial && (serial.n != sizeof f->serial || memcmp(serial.p, f->serial, sizeof f->serial) != 0)) {
+        result_fail(&r, E_SERIAL_MISMATCH, "serial mismatch: serial_number is not the SHA-256 of the public key");
+        result_push(L, &r);
+        return 1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    if (tbs_build(&b, f) != NULL) {
+        result_fail(&r, E_MALFORMED_LOG, "a field cannot be encoded (log_time out of range for its format?)");
+        result_push(L, &r);
+        return 1;
+    }
+    luaL_pushresult(&b);
+    const char *msg[1];
+    size_t len[1];
+    const char *style[1] = { pd_style_names[f->pd_style] };
+    msg[0] = lua_tolstring(L, -1, &len[0]);
+    verify_candidates(&r, (const unsigned char *)key.p, key.n, (const unsigned char *)sig.p, sig.n,
+                      msg, len, style, 1);
+    result_push(L, &r);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ BER reading */
+
+#define MAX_DEPTH 8
+#define MAX_ELEMENTS 24
+
+/* One BER TLV inside the caller's buffer. */
+typedef struct tlv {
+    const unsigned char *start;      /* identifier octet */
+    const unsigned char *content;
+    size_t content_len;              /* for indefinite length: up to the end-of-contents octets */
+    size_t total;                    /* the whole TLV, end-of-contents included */
+    int tag, cls, constructed, indefinite;
+} tlv;
+
+/* Reads the TLV at p (at most avail bytes), walking indefinite-length contents to their EOC. */
+static int tlv_read(const unsigned char *p, size_t avail, int depth, tlv *t)
+{
+    const unsigned char *q = p;
+    long len = 0;
+    if (avail == 0 || avail > (size_t)LONG_MAX)
+        return 0;
+    int rc = ASN1_get_object(&q, &len, &t->tag, &t->cls, (long)avail);
+    if (rc & 0x80) {                 /* malformed header or length beyond the buffer */
+        ERR_clear_error();
+        return 0;
+    }
+    size_t hdr = (size_t)(q - p);
+    t->start = p;
+    t->content = q;
+    t->constructed = (rc & V_ASN1_CONSTRUCTED) != 0;
+    t->indefinite = rc & 1;
+    if (!t->indefinite) {
+        t->content_len = (size_t)len;            /* ASN1_get_object checked len <= avail - hdr */
+        t->total = hdr + (size_t)len;
+        return 1;
+    }
+    if (depth >= MAX_DEPTH)
+        return 0;
+    size_t off = 0, rem = avail - hdr;
+    for (;;) {
+        if (rem - off >= 2 && q[off] == 0 && q[off + 1] == 0) {
+            t->content_len = off;
+            t->total = hdr + off + 2;
+            return 1;
+        }
+        tlv child;
+        if (!tlv_read(q + off, rem - off, depth + 1, &child))
+            return 0;
+        off += child.total;
+    }
+}
+
+/* The children of a constructed TLV; returns their number, or -1 if malformed / too many. */
+static int tlv_children(const tlv *t, tlv *kids, int max)
+{
+    int n = 0;
+    size_t off = 0;
+    while (off < t->content_len) {
+        if (n == max || !tlv_read(t->content + off, t->content_len - off, 1, &kids[n]))
+            return -1;
+        off += kids[n++].total;
+    }
+    return n;
+}
+
+static int tlv_is(const tlv *t, int cls, int tag, int constructed)
+{
+    return t->cls == cls && t->tag == tag && t->constructed == constructed;
+}
+
+/* INTEGER contents (minimal, non-negative, fits a Lua integer) -> value. */
+static int content_uint(const tlv *t, uint64_t *out)
+{
+    unsigned char der[12];
+    if (t->constructed || t->content_len == 0 || t->content_len > 9)
+        return 0;
+    der[0] = V_ASN1_INTEGER;                     /* re-tag [n] IMPLICIT INTEGER for d2i */
+    der[1] = (unsigned char)t->content_len;
+    memcpy(der + 2, t->content, t->content_len);
+    const unsigned char *p = der;
+    ASN1_INTEGER *ai = d2i_ASN1_INTEGER(NULL, &p, (long)(t->content_len + 2));
+    int ok = ai != NULL && ASN1_INTEGER_get_uint64(out, ai) == 1 && *out <= (uint64_t)INT64_MAX;
+    ASN1_INTEGER_free(ai);
+    ERR_clear_error();
+    return ok;
+}
+
+/* UTCTime / GeneralizedTime TLV -> Unix seconds. */
+static int time_value(const tlv *t, int64_t *out)
+{
+    const unsigned char *p = t->start;
+    struct tm tm;
+    ASN1_TIME *at = d2i_ASN1_TIME(NULL, &p, (long)t->total);
+    int ok = at != NULL && p == t->start + t->total && ASN1_TIME_to_tm(at, &tm) == 1;
+    ASN1_TIME_free(at);
+    ERR_clear_error();
+    if (!ok || tm.tm_year < 70)
+        return 0;
+    *out = days_from_civil(tm.tm_year + 1900, (unsigned)tm.tm_mon + 1, (unsigned)tm.tm_mday) * 86400
+           + tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ log messages */
+
+enum log_type { LOG_UNKNOWN, LOG_TRANSACTION, LOG_SYSTEM, LOG_AUDIT };
+static const char *const log_type_names[] = { "unknown", "transaction", "system", "audit" };
+
+/* A parsed LogMessage: every pointer points into the caller's bytes. */
+typedef struct log_msg {
+    const unsigned char *tbs;
+    size_t tbs_len;
+    uint64_t version;
+    tlv certified_type;
+    enum log_type type;
+    int ncert;
+    tlv cert[MAX_ELEMENTS];          /* certifiedData: the context-tagged elements, in order */
+    tlv serial;
+    tlv alg_oid;
+    const sig_alg *alg;
+    int has_audit;
+    tlv audit;
+    uint64_t counter;
+    tlv time;
+    enum time_format time_format;
+    int64_t log_time;
+    tlv signature;
+} log_msg;
+
+static const sig_alg *alg_by_oid(const tlv *oid)
+{
+    /* ALG_PREFIX holds "30 0c" then the OID TLV without its last byte */
+    const unsigned char *want = ALG_PREFIX + 2;
+    size_t wn = sizeof ALG_PREFIX - 2;
+    if (oid->total != wn + 1 || memcmp(oid->start, want, wn) != 0)
+        return NULL;
+    for (size_t i = 0; i < NALGS; i++)
+        if (sig_algs[i].oid_last == oid->start[wn])
+            return &sig_algs[i];
+    return NULL;
+}
+
+/* Parses the elements after certifiedData (from index i); returns NULL or what is wrong. */
+static const char *log_parse_tail(log_msg *m, const tlv *e, int n, int i)
+{
+    if (i >= n || !tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_OCTET_STRING, 0))
+        return "serialNumber (OCTET STRING) expected";
+    m->serial = e[i++];
+    if (i >= n || !tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_SEQUENCE, 1))
+        return "signatureAlgorithm (SEQUENCE) expected";
+    tlv algs[4];
+    int na = tlv_children(&e[i], algs, 4);
+    if (na < 1 || !tlv_is(&algs[0], V_ASN1_UNIVERSAL, V_ASN1_OBJECT, 0))
+        return "signatureAlgorithm: OBJECT IDENTIFIER expected";
+    m->alg_oid = algs[0];
+    m->alg = alg_by_oid(&algs[0]);
+    i++;
+    if (i < n - 1 && tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_OCTET_STRING, 0)) {
+        m->has_audit = 1;                                   /* seAuditData */
+        m->audit = e[i++];
+    }
+    if (i >= n || !tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_INTEGER, 0) || !content_uint(&e[i], &m->counter))
+        return "signatureCounter (non-negative INTEGER) expected";
+    i++;
+    if (i >= n)
+        return "signatureCreationTime expected";
+    m->time = e[i];
+    if (tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_INTEGER, 0)) {
+        uint64_t t;
+        if (!content_uint(&e[i], &t))
+            return "signatureCreationTime: bad unixTime";
+        m->time_format = TF_UNIX;
+        m->log_time = (int64_t)t;
+    } else if (tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_UTCTIME, 0)
+               || tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_GENERALIZEDTIME, 0)) {
+        m->time_format = e[i].tag == V_ASN1_UTCTIME ? TF_UTC : TF_GENERALIZED;
+        if (!time_value(&e[i], &m->log_time))
+            return "signatureCreationTime: bad time";
+    } else {
+        return "signatureCreationTime: INTEGER, UTCTime or GeneralizedTime expected";
+    }
+    i++;
+    if (i != n - 1 || !tlv_is(&e[i], V_ASN1_UNIVERSAL, V_ASN1_OCTET_STRING, 0))
+        return "signatureValue (OCTET STRING) expected as the last element";
+    m->signature = e[i];
+    /* signed bytes: everything from version up to the signatureValue, as stored */
+    m->tbs = e[0].start;
+    m->tbs_len = (size_t)(e[i].start - e[0].start);
+    return NULL;
+}
+
+/* Parses a whole LogMessage; returns NULL or a description of what is malformed. */
+static const char *log_parse(const unsigned char *p, size_t n, log_msg *m, tlv *e)
+{
+    tlv outer;
+    memset(m, 0, sizeof *m);
+    if (!tlv_read(p, n, 0, &outer) || !tlv_is(&outer, V_ASN1_UNIVERSAL, V_ASN1_SEQUENCE, 1))
+        return "not a BER SEQUENCE";
+    if (outer.total != n)
+        return "trailing bytes after the SEQUENCE";
+    int ne = tlv_children(&outer, e, MAX_ELEMENTS + 10);
+    if (ne < 0)
+        return "bad element encoding";
+    if (ne < 7)
+        return "too few elements";
+    if (!tlv_is(&e[0], V_ASN1_UNIVERSAL, V_ASN1_INTEGER, 0) || !content_uint(&e[0], &m->version))
+        return "version (INTEGER) expected";
+    if (!tlv_is(&e[1], V_ASN1_UNIVERSAL, V_ASN1_OBJECT, 0))
+        return "certifiedDataType (OBJECT IDENTIFIER) expected";
+    m->certified_type = e[1];
+    if (e[1].total == sizeof OID_CERTIFIED_TX && memcmp(e[1].start, OID_CERTIFIED_TX, sizeof OID_CERTIFIED_TX - 1) == 0
+        && e[1].start[sizeof OID_CERTIFIED_TX - 1] >= 1 && e[1].start[sizeof OID_CERTIFIED_TX - 1] <= 3)
+        m->type = (enum log_type)e[1].start[sizeof OID_CERTIFIED_TX - 1];
+    int i = 2;
+    while (i < ne && e[i].cls == V_ASN1_CONTEXT_SPECIFIC) {
+        if (m->ncert == MAX_ELEMENTS)
+            return "too many certifiedData elements";
+        m->cert[m->ncert++] = e[i++];
+    }
+    return log_parse_tail(m, e, ne, i);
+}
+
+/* Pushes the value of a certifiedData element: contents, or the joined OCTET STRING chunks of
+ * a constructed one (D-Trust's BER processData).  Sets *style to "der" / "ber-indef" / "ber". */
+static void push_cert_value(lua_State *L, const tlv *t, const char **style)
+{
+    tlv kids[MAX_CHUNKS];
+    int nk = t->constructed ? tlv_children(t, kids, MAX_CHUNKS) : -1;
+    int all_octets = nk >= 0;
+    for (int i = 0; i < nk; i++)
+        all_octets = all_octets && tlv_is(&kids[i], V_ASN1_UNIVERSAL, V_ASN1_OCTET_STRING, 0);
+    *style = !t->constructed ? "der" : t->indefinite ? "ber-indef" : "ber";
+    if (!all_octets) {
+        lua_pushlstring(L, (const char *)t->content, t->content_len);
+        return;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 0; i < nk; i++)
+        luaL_addlstring(&b, (const char *)kids[i].content, kids[i].content_len);
+    luaL_pushresult(&b);
+}
+
+static void push_tlv_content(lua_State *L, const tlv *t, const char *name)
+{
+    lua_pushlstring(L, (const char *)t->content, t->content_len);
+    lua_setfield(L, -2, name);
+}
+
+/* Names the certifiedData elements of transaction and system logs. */
+static const char *cert_field_name(enum log_type type, int tag)
+{
+    static const char *const tx[] = { "operation_type", "client_id", "process_data", "process_type",
+                                      "additional_external_data", "transaction_number",
+                                      "additional_internal_data" };
+    static const char *const sys[] = { "operation_type", "system_operation_data", "additional_internal_data" };
+    if (type == LOG_TRANSACTION && tag >= 0 && tag < 7)
+        return tx[tag];
+    if (type == LOG_SYSTEM && tag >= 0 && tag < 3)
+        return sys[tag];
+    return NULL;
+}
+
+static void push_certified_data(lua_State *L, const log_msg *m)
+{
+    lua_createtable(L, m->ncert, 0);                      /* certified_data = { {tag=, value=}, ... } */
+    for (int i = 0; i < m->ncert; i++) {
+        const char *style;
+        lua_createtable(L, 0, 2);
+        push_int_field(L, m->cert[i].tag, "tag");
+        push_cert_value(L, &m->cert[i], &style);
+        lua_setfield(L, -2, "value");
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "certified_data");
+    for (int i = 0; i < m->ncert; i++) {
+        const char *name = cert_field_name(m->type, m->cert[i].tag);
+        const char *style;
+        uint64_t v;
+        if (name == NULL)
+            continue;
+        if (m->type == LOG_TRANSACTION && m->cert[i].tag == 5 && content_uint(&m->cert[i], &v)) {
+            push_int_field(L, (lua_Integer)v, name);
+            continue;
+        }
+        push_cert_value(L, &m->cert[i], &style);
+        lua_setfield(L, -2, name);
+        if (m->type == LOG_TRANSACTION && m->cert[i].tag == 2) {
+            lua_pushstring(L, style);
+            lua_setfield(L, -2, "process_data_style");
+        }
+    }
+}
+
+static void push_oid_text(lua_State *L, const tlv *t, const char *name)
+{
+    char buf[128];
+    const unsigned char *p = t->start;
+    ASN1_OBJECT *o = d2i_ASN1_OBJECT(NULL, &p, (long)t->total);
+    int ok = o != NULL && OBJ_obj2txt(buf, sizeof buf, o, 1) > 0;
+    ASN1_OBJECT_free(o);
+    ERR_clear_error();
+    if (!ok)
+        return;
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, name);
+}
+
+/* parse_log(bytes) -> table | nil, err */
+static int tse_parse_log(lua_State *L)
+{
+    size_t n;
+    const unsigned char *p = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    log_msg *m = lua_newuserdatauv(L, sizeof *m, 0);
+    tlv *e = lua_newuserdatauv(L, sizeof(tlv) * (MAX_ELEMENTS + 10), 0);
+    const char *bad = log_parse(p, n, m, e);
+    if (bad != NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "malformed log message: %s", bad);
+        return 2;
+    }
+    lua_createtable(L, 0, 24);
+    push_int_field(L, (lua_Integer)m->version, "version");
+    push_oid_text(L, &m->certified_type, "certified_data_type");
+    lua_pushstring(L, log_type_names[m->type]);
+    lua_setfield(L, -2, "log_type");
+    push_certified_data(L, m);
+    push_tlv_content(L, &m->serial, "serial_number");
+    push_oid_text(L, &m->alg_oid, "sig_alg_oid");
+    if (m->alg != NULL) {
+        lua_pushstring(L, m->alg->name);
+        lua_setfield(L, -2, "sig_alg");
+    }
+    if (m->has_audit)
+        push_tlv_content(L, &m->audit, "se_audit_data");
+    push_int_field(L, (lua_Integer)m->counter, "signature_counter");
+    push_int_field(L, (lua_Integer)m->log_time, "log_time_unix");
+    push_iso(L, m->log_time);
+    lua_setfield(L, -2, "log_time");
+    lua_pushstring(L, time_format_names[m->time_format]);
+    lua_setfield(L, -2, "log_time_format");
+    push_tlv_content(L, &m->signature, "signature");
+    lua_pushlstring(L, (const char *)m->tbs, m->tbs_len);
+    lua_setfield(L, -2, "tbs");
+    return 1;
+}
+
+/* verify_log(bytes, pubkey) -> result */
+static int tse_verify_log(lua_State *L)
+{
+    size_t n, key_len;
+    const unsigned char *p = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    const unsigned char *key = (const unsigned char *)luaL_checklstring(L, 2, &key_len);
+    log_msg *m = lua_newuserdatauv(L, sizeof *m, 0);
+    tlv *e = lua_newuserdatauv(L, sizeof(tlv) * (MAX_ELEMENTS + 10), 0);
+    result r;
+    memset(&r, 0, sizeof r);
+    const char *bad = log_parse(p, n, m, e);
+    if (bad != NULL) {
+        snprintf(r.reason, sizeof r.reason, "malformed log message: %s", bad);
+        r.code = E_MALFORMED_LOG;
+        result_push(L, &r);
+        return 1;
+    }
+    r.alg = m->alg;
+    if (m->alg == NULL) {
+        result_fail(&r, FISKALY_E_UNKNOWN_ALG, "unknown algorithm (signatureAlgorithm OID)");
+    } else {
+        unsigned char point[FISKALY_MAX_POINT];
+        size_t point_len = 0;
+        const char *code = NULL;
+        EVP_PKEY *pkey = fiskaly_pubkey_decode(key, key_len, &r.curve, point, &point_len, &code);
+        EVP_PKEY_free(pkey);
+        if (pkey == NULL) {
+            result_fail(&r, code, fiskaly_error_text(code));
+        } else {
+            EVP_Digest(point, point_len, r.serial, NULL, EVP_sha256(), NULL);
+            r.has_serial = 1;
+            if (m->serial.content_len != 32 || memcmp(m->serial.content, r.serial, 32) != 0) {
+                result_fail(&r, E_SERIAL_MISMATCH,
+                            "serial mismatch: the log's serialNumber is not the SHA-256 of the public key");
+            } else {
+                const char *msg[1] = { (const char *)m->tbs };
+                size_t len[1] = { m->tbs_len };
+                const char *style[1] = { NULL };
+                verify_candidates(&r, key, key_len, m->signature.content, m->signature.content_len,
+                                  msg, len, style, 1);
+            }
+        }
+    }
+    result_push(L, &r);
+    lua_pushstring(L, log_type_names[m->type]);
+    lua_setfield(L, -2, "log_type");
+    push_int_field(L, (lua_Integer)m->counter, "signature_counter");
+    push_int_field(L, (lua_Integer)m->log_time, "log_time_unix");
+    return 1;
+}
 /* ------------------------------------------------------------------ registration */
 
 static const luaL_Reg tse_funcs[] = {
     { "log_message", tse_log_message },
+    { "parse_qr", tse_parse_qr },
+    { "verify_qr", tse_verify_qr },
+    { "verify_fields", tse_verify_fields },
+    { "parse_log", tse_parse_log },
+    { "verify_log", tse_verify_log },
     { NULL, NULL },
 };
 
