@@ -154,6 +154,10 @@ function Api:_send(op, attempt, token_override)
     local tok = token_override or st.access_token
     headers["Authorization"] = "Bearer " .. tostring(tok)
   end
+  -- fiskaly: "This identifier needs to be generated and set by the ERS"; the
+  -- service echoes it in the request-id response header.
+  local request_id = core.crypto.uuid4()
+  headers["X-Request-Id"] = request_id
   local url = self.base_url .. op.path .. encode_query(op.query)
   local res, terr = shared.session:request{
     method = op.method, url = url, headers = headers, body = body, timeout_ms = timeout_for(self, op),
@@ -161,6 +165,8 @@ function Api:_send(op, attempt, token_override)
   local event = {
     event = op.event or "request",
     reason = op.reason,
+    grant = op.grant,
+    request_id = request_id,
     method = op.method,
     path = op.path,
     attempt = attempt,
@@ -168,13 +174,14 @@ function Api:_send(op, attempt, token_override)
   }
   if not res then
     local err = errors.from_transport(terr, op.method, op.path, known_secrets(self, op.secrets))
+    err.request_id = request_id
     event.error = err.kind
     event.code = err.code
     emit(self, event)
     return nil, err
   end
   event.status = res.status
-  event.request_id = errors.request_id(res.headers)
+  event.request_id = errors.request_id(res.headers) or request_id
   local decoded
   if res.body ~= "" then decoded = json.decode(res.body) end
   if res.status >= 200 and res.status < 300 then
@@ -192,44 +199,71 @@ function Api:_send(op, attempt, token_override)
     return decoded, res
   end
   local err = errors.from_response(res, decoded, op.method, op.path, known_secrets(self, op.secrets))
+  err.request_id = err.request_id or request_id
   event.error = err.kind
   event.code = err.code
   emit(self, event)
   return nil, err, res
 end
 
--- POST /auth with the API key and secret; caches the token.
-function Api:_authenticate(reason)
-  local st = api_state(self)
-  local cp = client_priv(self)
-  local now = cp.shared.clock()
-  local res, err = self:_send({
-    method = "POST", path = "/auth", auth = false, timeout = "auth", event = "auth", reason = reason,
-    body = { api_key = self.client.api_key, api_secret = cp.api_secret },
-  }, 1)
-  if not res then
-    st.access_token, st.refresh_token, st.expires_at = nil, nil, nil
-    return nil, err
-  end
-  if type(res.access_token) ~= "string" or res.access_token == "" then
-    return nil, errors.new{ kind = "http", status = 200, method = "POST", path = "/auth",
-      message = "auth response without access_token" }
-  end
+-- Stores a token response; returns it.
+local function store_token(api, res, now)
+  local st = api_state(api)
+  local margin_cfg = client_priv(api).shared.refresh_margin_s
   st.access_token = res.access_token
-  st.refresh_token = res.refresh_token
+  st.refresh_token = type(res.refresh_token) == "string" and res.refresh_token or nil
   local lifetime = tonumber(res.access_token_expires_in)
   if not lifetime and tonumber(res.access_token_expires_at) then
     lifetime = tonumber(res.access_token_expires_at) - now
   end
   if lifetime and lifetime > 0 then
-    local margin = math.min(cp.shared.refresh_margin_s, lifetime / 10)
-    st.expires_at = now + lifetime - margin
+    st.expires_at = now + lifetime - math.min(margin_cfg, lifetime / 10)
   else
     st.expires_at = math.huge  -- lifetime unknown: rely on the 401 path
   end
+  local rlife = tonumber(res.refresh_token_expires_in)
+  st.refresh_expires_at = st.refresh_token and (rlife and (now + rlife - 5) or math.huge) or nil
   st.claims = res.access_token_claims
   st.auth_count = (st.auth_count or 0) + 1
   return res
+end
+
+-- One POST /auth. grant: "api_key" (key + secret) or "refresh_token".
+function Api:_auth_request(grant, reason)
+  local st = api_state(self)
+  local cp = client_priv(self)
+  local now = cp.shared.clock()
+  local body
+  if grant == "refresh_token" then
+    body = { refresh_token = st.refresh_token }
+  else
+    body = { api_key = self.client.api_key, api_secret = cp.api_secret }
+  end
+  local res, err = self:_send({
+    method = "POST", path = "/auth", auth = false, timeout = "auth", event = "auth", reason = reason,
+    grant = grant, body = body,
+  }, 1)
+  if not res then return nil, err end
+  if type(res.access_token) ~= "string" or res.access_token == "" then
+    return nil, errors.new{ kind = "http", status = 200, method = "POST", path = "/auth",
+      message = "auth response without access_token" }
+  end
+  return store_token(self, res, now)
+end
+
+-- Gets a new access token: with the refresh token while it is valid (this
+-- keeps the session, and with it an admin login on a TSS), else, or when the
+-- refresh is refused, with the API key and secret.
+function Api:_authenticate(reason)
+  local st = api_state(self)
+  local now = client_priv(self).shared.clock()
+  if reason ~= "explicit" and st.refresh_token and st.refresh_expires_at and now < st.refresh_expires_at then
+    local res, err = self:_auth_request("refresh_token", reason)
+    if res then return res end
+    if err.status ~= 401 and err.status ~= 400 then return nil, err end
+  end
+  st.access_token, st.refresh_token, st.expires_at, st.refresh_expires_at = nil, nil, nil, nil
+  return self:_auth_request("api_key", reason)
 end
 
 -- A valid (not about to expire) token, authenticating if needed.
