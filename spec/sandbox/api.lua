@@ -71,9 +71,11 @@ end
 M.PIN = "1234567890"
 
 -- Provisions a TSS up to `upto` ("CREATED", "UNINITIALIZED", "PIN", "INITIALIZED",
--- "CLIENT"). Returns a table with tok, tss_id, puk, tss (last body), client_id.
+-- "CLIENT"). Returns a table with tok, key (when tok was not given), tss_id, puk,
+-- tss (last body), client_id, client.
 function api_mt:provision(upto, tok)
-  local p = { tok = tok or self:sign_token(), tss_id = core.crypto.uuid4() }
+  local p = { tss_id = core.crypto.uuid4() }
+  if tok then p.tok = tok else p.tok, p.key = self:sign_token() end
   local base = "/api/v2/tss/" .. p.tss_id
   p.tss = self:ok("PUT", base, { metadata = { purpose = "spec" } }, p.tok)
   p.puk = p.tss.admin_puk
