@@ -181,6 +181,7 @@ function Api:_send(op, attempt, token_override)
     return nil, err
   end
   event.status = res.status
+  event.connects = res.connects  -- 0 when a kept-alive connection was reused
   event.request_id = errors.request_id(res.headers) or request_id
   local decoded
   if res.body ~= "" then decoded = json.decode(res.body) end
