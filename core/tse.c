@@ -506,8 +506,9 @@ static int digits(const char *p, size_t n, unsigned *out)
     return 1;
 }
 
-/* ISO 8601 "YYYY-MM-DDThh:mm:ss[.f+]Z" -> Unix seconds (fraction dropped); 0 if malformed. */
-static int iso_parse(const char *s, size_t n, int64_t *out)
+/* ISO 8601 "YYYY-MM-DDThh:mm:ss[.f+]Z" -> Unix seconds; *frac set if the fraction is not zero.
+ * Returns 0 if malformed. */
+static int iso_parse(const char *s, size_t n, int64_t *out, int *frac)
 {
     unsigned y, mo, d, h, mi, se;
     if (n < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':'
@@ -515,9 +516,10 @@ static int iso_parse(const char *s, size_t n, int64_t *out)
         || !digits(s + 11, 2, &h) || !digits(s + 14, 2, &mi) || !digits(s + 17, 2, &se))
         return 0;
     if (n > 20) {                                       /* ".f+" between seconds and Z */
-        unsigned frac;
-        if (s[19] != '.' || n < 22 || n > 30 || !digits(s + 20, n - 21, &frac))
+        unsigned f;
+        if (s[19] != '.' || n < 22 || n > 30 || !digits(s + 20, n - 21, &f))
             return 0;
+        *frac = f != 0;
     }
     if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59)
         return 0;
@@ -557,6 +559,7 @@ typedef struct qr_code {
     uint64_t signature_counter;
     int64_t start_time;
     int64_t log_time;
+    int log_time_frac;               /* log-time printed with non-zero fractional seconds */
     const sig_alg *alg;
     enum time_format time_format;
     unsigned char sig[QR_MAX_SIG];
@@ -623,7 +626,7 @@ static size_t qr_split(const char *s, size_t n, bytes f[QR_FIELDS])
 static int qr_parse(const char *s, size_t n, qr_code *q, result *r)
 {
     char why[160];
-    int bad = 0;
+    int bad = 0, unused_frac = 0;
     memset(q, 0, sizeof *q);
     size_t count = qr_split(s, n, q->f);
     if (count != QR_FIELDS) {
@@ -639,9 +642,9 @@ static int qr_parse(const char *s, size_t n, qr_code *q, result *r)
         bad = 5, snprintf(why, sizeof why, "not a decimal integer");
     else if (!parse_decimal(q->f[5], &q->signature_counter))
         bad = 6, snprintf(why, sizeof why, "not a decimal integer");
-    else if (!iso_parse(q->f[6].p, q->f[6].n, &q->start_time))
+    else if (!iso_parse(q->f[6].p, q->f[6].n, &q->start_time, &unused_frac))
         bad = 7, snprintf(why, sizeof why, "not a time like 2021-08-23T14:36:33.000Z");
-    else if (!iso_parse(q->f[7].p, q->f[7].n, &q->log_time))
+    else if (!iso_parse(q->f[7].p, q->f[7].n, &q->log_time, &q->log_time_frac))
         bad = 8, snprintf(why, sizeof why, "not a time like 2021-08-23T14:36:33.000Z");
     else if ((q->alg = alg_by_name(q->f[8].p, q->f[8].n)) == NULL)
         bad = 9, snprintf(why, sizeof why, "unknown algorithm");
@@ -777,6 +780,16 @@ static int tse_verify_qr(lua_State *L)
         msgs[i] = lua_tolstring(L, -1, &lens[i]);
     }
     verify_candidates(&r, q->key, q->key_len, q->sig, q->sig_len, msgs, lens, styles, 2);
+    if (r.valid && q->start_time > q->log_time) {
+        /* start-zeit is not signed (it belongs to the Start log): the signed log time wins */
+        result_fail(&r, E_MALFORMED_QR, "malformed QR field 7 (start_time): after the signed log time");
+        r.field = 7;
+    }
+    if (r.valid && q->log_time_frac) {
+        /* every supported time format is signed with whole seconds: the fraction is not authentic */
+        result_fail(&r, E_MALFORMED_QR, "malformed QR field 8 (log_time): fractional seconds are not signed");
+        r.field = 8;
+    }
     result_push(L, &r);
     push_bytes_field(L, q->f[1], "client_id");
     push_int_field(L, (lua_Integer)q->transaction_number, "transaction_number");

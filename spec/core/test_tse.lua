@@ -101,4 +101,270 @@ function TestLogMessage.test_misuse_raises()
   lu.assertError(tse.log_message, "x")
 end
 
+
+-- ---------------------------------------------------------------- QR codes
+
+local function split(qr)
+  local f = {}
+  for x in (qr .. ";"):gmatch("([^;]*);") do f[#f + 1] = x end
+  return f
+end
+
+local function with_field(qr, n, value)
+  local f = split(qr)
+  f[n] = value
+  return table.concat(f, ";")
+end
+
+TestQr = {}
+function TestQr.test_parse_reference_example()
+  local q = assert(tse.parse_qr(QR))
+  lu.assertEquals(q.version, "V0")
+  lu.assertEquals(q.client_id, "ERS 8cb8e2de-4052-481b-945b-118022951944")
+  lu.assertEquals(q.process_type, "Kassenbeleg-V1")
+  lu.assertEquals(q.process_data, "Beleg^21.42_0.00_0.00_0.00_0.00^21.42:Unbar")
+  lu.assertEquals(q.transaction_number, 1)
+  lu.assertEquals(q.signature_counter, 31)
+  lu.assertEquals(q.start_time, "2021-08-23T14:36:27.000Z")
+  lu.assertEquals(q.log_time, "2021-08-23T14:36:33.000Z")
+  lu.assertEquals(q.log_time_unix, 1629729393)
+  lu.assertEquals(q.sig_alg, "ecdsa-plain-SHA256")
+  lu.assertEquals(q.log_time_format, "unixTime")
+  lu.assertEquals(q.signature, SIG)
+  lu.assertEquals(q.public_key, PUB)
+end
+
+function TestQr.test_verify_reference_example()
+  local r = tse.verify_qr(QR)
+  lu.assertTrue(r.valid)
+  lu.assertNil(r.reason)
+  lu.assertEquals(r.curve, "P-256")
+  lu.assertEquals(r.serial_number, c.hex(c.sha256(PUB)))
+  lu.assertEquals(r.signature_encoding, "plain")
+  lu.assertEquals(r.process_data_style, "der")
+end
+
+function TestQr.test_malformed_fields_are_named()
+  local cases = {
+    { 1, "V1", "MALFORMED_QR" }, { 5, "1a", "MALFORMED_QR" }, { 5, "", "MALFORMED_QR" },
+    { 6, "-31", "MALFORMED_QR" }, { 6, "99999999999999999999", "MALFORMED_QR" },
+    { 7, "2021-08-23 14:36:27", "MALFORMED_QR" }, { 7, "2021-08-23T14:36:34.000Z", "MALFORMED_QR", "verify" },
+    { 8, "2021-02-30T14:36:33.000Z", "MALFORMED_QR" }, { 8, "2021-08-23T24:36:33.000Z", "MALFORMED_QR" },
+    { 9, "ecdsa-plain-SHA1", "UNKNOWN_ALGORITHM" }, { 10, "unixtime", "MALFORMED_QR" },
+    { 11, "TGnW", "BAD_SIGNATURE" }, { 11, "TGnW*", "MALFORMED_QR" }, { 11, "", "MALFORMED_QR" },
+    { 12, "BGFK", "BAD_KEY" }, { 12, "BGF=", "MALFORMED_QR" },
+  }
+  for _, case in ipairs(cases) do
+    local n, value, code, only_verify = case[1], case[2], case[3], case[4]
+    local bad = with_field(QR, n, value)
+    local r = tse.verify_qr(bad)
+    lu.assertFalse(r.valid, bad)
+    lu.assertEquals(r.code, code, "field " .. n .. " = " .. value .. ": " .. tostring(r.reason))
+    if code == "MALFORMED_QR" then
+      lu.assertEquals(r.field, n)
+      lu.assertStrContains(r.reason, "malformed QR field " .. n .. " (")
+      local q, err = tse.parse_qr(bad)
+      if only_verify then
+        lu.assertNotNil(q)            -- well-formed; only inconsistent with the signed log time
+      else
+        lu.assertNil(q); lu.assertStrContains(err, "field " .. n)
+      end
+    elseif code == "UNKNOWN_ALGORITHM" then
+      lu.assertStrContains(r.reason, "unknown algorithm 'ecdsa-plain-SHA1'")
+    end
+  end
+  local r = tse.verify_qr("V0;a;b")
+  lu.assertEquals(r.code, "MALFORMED_QR"); lu.assertStrContains(r.reason, "got 3")
+  lu.assertFalse(tse.verify_qr("").valid)
+  lu.assertError(tse.verify_qr, nil)
+end
+
+function TestQr.test_process_data_with_semicolons()
+  -- surplus separators are read as part of processData; the signature decides
+  local f = split(QR)
+  f[4] = f[4] .. ";x"
+  local r = tse.verify_qr(table.concat(f, ";"))
+  lu.assertFalse(r.valid); lu.assertEquals(r.code, "SIGNATURE_MISMATCH")
+  lu.assertEquals(assert(tse.parse_qr(table.concat(f, ";"))).process_data, f[4])
+end
+
+-- ---------------------------------------------------------------- fresh signatures
+
+local CURVES = { "P-256", "brainpoolP256r1", "P-384", "brainpoolP384r1" }
+local FORMATS = { "unixTime", "utcTime", "generalizedTime" }
+local function alg_of(curve) return curve:find("256") and "ecdsa-plain-SHA256" or "ecdsa-plain-SHA384" end
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%S.000Z", t) end
+
+-- A signed FinishTransaction: its fields, tbs, full message and QR code.
+local function fresh(key, fmt, n)
+  local t = {
+    operation_type = "FinishTransaction", client_id = "till-" .. n, process_type = "Kassenbeleg-V1",
+    process_data = "Beleg^" .. n .. ".19_0.00_0.00_0.00_0.00^" .. n .. ".19:Bar",
+    transaction_number = 1000 + n, signature_counter = 4000 + 2 * n, log_time = 1700000000 + 97 * n,
+    log_time_format = fmt, sig_alg = alg_of(key:curve()), serial_number = c.sha256(key:public_point()),
+  }
+  local tbs = tse.log_message(t)
+  t.signature = key:sign(tbs)
+  local _, full = tse.log_message(t)
+  local qr = table.concat({ "V0", t.client_id, t.process_type, t.process_data, t.transaction_number,
+    t.signature_counter, iso(t.log_time - 5), iso(t.log_time), t.sig_alg, fmt, c.b64encode(t.signature),
+    c.b64encode(key:public_point()) }, ";")
+  return t, tbs, full, qr
+end
+
+TestFresh = {}
+function TestFresh.test_all_curves_and_time_formats_verify()
+  local n = 0
+  for _, curve in ipairs(CURVES) do
+    local key <close> = c.generate_key(curve)
+    for _, fmt in ipairs(FORMATS) do
+      n = n + 1
+      local t, tbs, full, qr = fresh(key, fmt, n)
+      local r = tse.verify_qr(qr)
+      lu.assertTrue(r.valid, curve .. " " .. fmt .. ": " .. tostring(r.reason))
+      lu.assertEquals(r.curve, curve)
+      lu.assertEquals(r.serial_number, c.hex(t.serial_number))
+      -- the same QR with the key printed as SPKI
+      local spki_qr = with_field(qr, 12, c.b64encode(key:public_spki()))
+      lu.assertTrue(tse.verify_qr(spki_qr).valid)
+      lu.assertEquals(tse.verify_qr(spki_qr).serial_number, c.hex(t.serial_number))
+      -- fields
+      local vf = {}
+      for k, v in pairs(t) do vf[k] = v end
+      vf.public_key = key:public_point()
+      lu.assertTrue(tse.verify_fields(vf).valid)
+      -- the whole log message
+      r = tse.verify_log(full, key:public_spki())
+      lu.assertTrue(r.valid, tostring(r.reason))
+      lu.assertEquals(r.log_type, "transaction")
+      local p = assert(tse.parse_log(full))
+      lu.assertEquals(p.tbs, tbs)
+      lu.assertEquals(p.log_time_unix, t.log_time)
+      lu.assertEquals(p.log_time_format, fmt)
+      lu.assertEquals(p.log_time, iso(t.log_time))
+      lu.assertEquals(p.transaction_number, t.transaction_number)
+      lu.assertEquals(p.signature_counter, t.signature_counter)
+      lu.assertEquals(p.process_type, t.process_type)
+      lu.assertEquals(p.sig_alg, t.sig_alg)
+      lu.assertEquals(p.serial_number, t.serial_number)
+      lu.assertEquals(p.certified_data_type, "0.4.0.127.0.7.3.7.1.1")
+      -- DER instead of plain signature
+      local d = (require "fiskaly.verify")
+      lu.assertTrue(d.qr(qr).valid)
+    end
+  end
+  lu.assertEquals(n, 12)
+end
+
+-- Every single-character change anywhere in a QR code is rejected, and the
+-- reason matches the field that was changed.  Only start-zeit (field 7) is
+-- not signed; there only plausible changes may pass.
+local EXPECTED = {
+  [1] = { MALFORMED_QR = true }, [2] = { SIGNATURE_MISMATCH = true }, [3] = { SIGNATURE_MISMATCH = true },
+  [4] = { SIGNATURE_MISMATCH = true }, [5] = { SIGNATURE_MISMATCH = true, MALFORMED_QR = true },
+  [6] = { SIGNATURE_MISMATCH = true, MALFORMED_QR = true }, [7] = { MALFORMED_QR = true, valid = true },
+  [8] = { SIGNATURE_MISMATCH = true, MALFORMED_QR = true }, [9] = { UNKNOWN_ALGORITHM = true },
+  [10] = { MALFORMED_QR = true }, [11] = { SIGNATURE_MISMATCH = true, BAD_SIGNATURE = true, MALFORMED_QR = true },
+  [12] = { NOT_ON_CURVE = true, BAD_KEY = true, MALFORMED_QR = true },
+}
+
+function TestFresh.test_single_character_tampering_is_rejected_with_the_right_reason()
+  local replacements = { "0", "1", "A", "z", "+", "/", "=", "-", ":", "." }
+  local count = 0
+  for ci, curve in ipairs(CURVES) do
+    local key <close> = c.generate_key(curve)
+    local _, _, _, qr = fresh(key, FORMATS[(ci - 1) % 3 + 1], ci)
+    lu.assertTrue(tse.verify_qr(qr).valid)
+    local field, pos_in_field = 1, 0
+    for i = 1, #qr do
+      local ch = qr:sub(i, i)
+      if ch == ";" then
+        field, pos_in_field = field + 1, 0
+      else
+        pos_in_field = pos_in_field + 1
+        -- deterministic replacement that differs from the original
+        local rep = replacements[(i % #replacements) + 1]
+        if rep == ch then rep = replacements[((i + 1) % #replacements) + 1] end
+        local bad = qr:sub(1, i - 1) .. rep .. qr:sub(i + 1)
+        local r = tse.verify_qr(bad)
+        local got = r.valid and "valid" or r.code
+        lu.assertTrue(EXPECTED[field][got], string.format("%s field %d pos %d '%s'->'%s': %s (%s)",
+          curve, field, pos_in_field, ch, rep, got, tostring(r.reason)))
+        if r.code == "MALFORMED_QR" then lu.assertEquals(r.field, field) end
+        if field == 7 and r.valid then
+          -- start-zeit is not signed: a change passes only while it stays a plausible time
+          local q = assert(tse.parse_qr(bad))
+          lu.assertTrue(q.start_time_unix <= q.log_time_unix)
+        end
+        count = count + 1
+      end
+    end
+  end
+  lu.assertTrue(count > 900, "tampered " .. count)
+end
+
+-- Flipping any single bit in the first byte of any element of a log message,
+-- or any byte at all, never yields "valid"; flips in serialNumber are reported as such.
+function TestFresh.test_log_message_byte_flips_are_rejected()
+  for _, curve in ipairs(CURVES) do
+    local key <close> = c.generate_key(curve)
+    local t, _, full = fresh(key, "unixTime", 7)
+    local serial_at = assert(full:find(t.serial_number, 1, true))
+    for i = 1, #full do
+      local bad = full:sub(1, i - 1) .. string.char(full:byte(i) ~ 0x01) .. full:sub(i + 1)
+      local r = tse.verify_log(bad, key:public_point())
+      lu.assertFalse(r.valid, curve .. " byte " .. i)
+      lu.assertNotNil(r.code)
+      if i >= serial_at and i < serial_at + 32 then lu.assertEquals(r.code, "SERIAL_MISMATCH") end
+    end
+    -- every truncation is malformed, never a crash
+    for len = 0, #full - 1 do
+      local r = tse.verify_log(full:sub(1, len), key:public_point())
+      lu.assertFalse(r.valid)
+      lu.assertEquals(r.code, "MALFORMED_LOG")
+      lu.assertNil((tse.parse_log(full:sub(1, len))))
+    end
+    local r = tse.verify_log(full, c.generate_key(curve):public_point())
+    lu.assertEquals(r.code, "SERIAL_MISMATCH")
+  end
+end
+
+-- ---------------------------------------------------------------- log messages
+
+TestLog = {}
+function TestLog.test_ber_indefinite_process_data_is_kept_byte_exact()
+  local key <close> = c.generate_key("P-384")
+  local t = {
+    operation_type = "FinishTransaction", client_id = "137741-0007", process_type = "Kassenbeleg-V1",
+    process_data = "newProcessDataprocessData", process_data_style = "ber-indef",
+    process_data_chunks = { "newProcessData", "processData" }, additional_external_data = "extra",
+    transaction_number = 3, signature_counter = 180, log_time = 1615365904, sig_alg = "ecdsa-plain-SHA384",
+    serial_number = c.sha256(key:public_point()),
+  }
+  local tbs = tse.log_message(t)
+  t.signature = key:sign(tbs)
+  local _, full = tse.log_message(t)
+  local p = assert(tse.parse_log(full))
+  lu.assertEquals(p.tbs, tbs)
+  lu.assertEquals(p.process_data, "newProcessDataprocessData")
+  lu.assertEquals(p.process_data_style, "ber-indef")
+  lu.assertEquals(p.additional_external_data, "extra")
+  lu.assertEquals(p.certified_data[3].tag, 2)
+  lu.assertTrue(tse.verify_log(full, key:public_point()).valid)
+  -- re-encoding processData as DER changes the signed bytes: must not verify
+  t.process_data_style, t.process_data_chunks = "der", nil
+  local _, der = tse.log_message(t)
+  lu.assertEquals(tse.verify_log(der, key:public_point()).code, "SIGNATURE_MISMATCH")
+end
+
+function TestLog.test_garbage_never_raises()
+  local inputs = { "", "\48", "\48\128", "\48\128\0\0", "\48\132\255\255\255\255", "\48\5\2\1\2\6\0",
+    ("\48\128"):rep(100), "\4\0", ("\255"):rep(64) }
+  for _, s in ipairs(inputs) do
+    local v, err = tse.parse_log(s)
+    lu.assertNil(v); lu.assertStrContains(err, "malformed log message")
+    lu.assertEquals(tse.verify_log(s, PUB).code, "MALFORMED_LOG")
+  end
+end
+
 os.exit(lu.LuaUnit.run())
