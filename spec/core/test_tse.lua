@@ -367,4 +367,85 @@ function TestLog.test_garbage_never_raises()
   end
 end
 
+-- ---------------------------------------------------------------- fiskaly.verify.transaction
+
+local verify = require "fiskaly.verify"
+
+-- A SIGN DE v2 FINISHED transaction response carrying the given QR code.
+local function response_for(qr, key)
+  local q = assert(tse.parse_qr(qr))
+  return {
+    _type = "TRANSACTION", state = "FINISHED", number = q.transaction_number,
+    client_serial_number = q.client_id, tss_serial_number = c.hex(c.sha256(key:public_point())),
+    log = { operation = "Finish", timestamp = q.log_time_unix, timestamp_format = "unixTime" },
+    signature = { value = c.b64encode(q.signature), algorithm = q.sig_alg, counter = tostring(q.signature_counter),
+                  public_key = c.b64encode(key:public_point()) },
+    qr_code_data = qr,
+  }
+end
+
+TestVerifyTransaction = {}
+function TestVerifyTransaction.test_consistent_response_is_valid()
+  local key <close> = c.generate_key("P-256")
+  local _, _, _, qr = fresh(key, "unixTime", 3)
+  local r = verify.transaction(response_for(qr, key))
+  lu.assertTrue(r.valid, tostring(r.reason))
+  lu.assertEquals(#r.checked, 8)
+  -- the counter may come as a number (middleware) or a string (spec)
+  local resp = response_for(qr, key)
+  resp.signature.counter = math.tointeger(resp.signature.counter)
+  lu.assertTrue(verify.transaction(resp).valid)
+end
+
+function TestVerifyTransaction.test_each_response_field_is_cross_checked()
+  local key <close> = c.generate_key("P-256")
+  local other <close> = c.generate_key("P-256")
+  local _, _, _, qr = fresh(key, "unixTime", 4)
+  local edits = {
+    ["signature.value"] = function(r) r.signature.value = c.b64encode(other:sign("x")) end,
+    ["signature.public_key"] = function(r) r.signature.public_key = c.b64encode(other:public_point()) end,
+    ["signature.counter"] = function(r) r.signature.counter = tostring(tonumber(r.signature.counter) + 1) end,
+    ["signature.algorithm"] = function(r) r.signature.algorithm = "ecdsa-plain-SHA384" end,
+    ["number"] = function(r) r.number = r.number + 1 end,
+    ["client_serial_number"] = function(r) r.client_serial_number = r.client_serial_number .. "x" end,
+    ["tss_serial_number"] = function(r) r.tss_serial_number = c.hex(c.sha256(other:public_point())) end,
+    ["log.timestamp"] = function(r) r.log.timestamp = r.log.timestamp - 1 end,
+  }
+  for name, edit in pairs(edits) do
+    local resp = response_for(qr, key)
+    edit(resp)
+    local r = verify.transaction(resp)
+    lu.assertFalse(r.valid, name)
+    lu.assertEquals(r.code, "RESPONSE_MISMATCH", name)
+    lu.assertStrContains(r.reason, name)
+  end
+  local resp = response_for(qr, key)
+  resp.qr_code_data = qr:gsub(";4008;", ";4009;", 1)
+  lu.assertEquals(verify.transaction(resp).code, "SIGNATURE_MISMATCH")
+  lu.assertEquals(verify.transaction({ state = "ACTIVE" }).code, "NO_QR_CODE")
+  lu.assertError(verify.transaction, "x")
+  lu.assertError(verify.qr, 1)
+  lu.assertError(verify.log_message, "x")
+end
+
+-- A real FINISHED transaction from the offline sandbox verifies end to end.
+function TestVerifyTransaction.test_sandbox_transaction()
+  local api = require "sandbox.api"
+  local A = api.start()
+  local ok, err = pcall(function()
+    local p = A:provision("CLIENT")
+    local tx = c.uuid4()
+    A:tx(p, tx, 1, "ACTIVE")
+    local f = A:tx(p, tx, 2, "FINISHED", api.RECEIPT)
+    local r = verify.transaction(f)
+    lu.assertTrue(r.valid, tostring(r.reason))
+    lu.assertEquals(r.curve, "P-256")
+    lu.assertTrue(#r.checked >= 5)
+    f.signature.counter = tostring(tonumber(f.signature.counter) + 1)
+    lu.assertEquals(verify.transaction(f).code, "RESPONSE_MISMATCH")
+  end)
+  A:stop()
+  if not ok then error(err, 0) end
+end
+
 os.exit(lu.LuaUnit.run())
