@@ -167,7 +167,8 @@ local function find_org(ctx, tag)
   end
   local offset = 0
   for _ = 1, 100 do
-    local res, err = mgmt:list_organizations{ limit = 100, offset = offset }
+    local res, err = mgmt:list_organizations{ limit = 100, offset = offset,
+      managed_by_organization_id = ctx.cfg.organization_id }
     if not res then return nil, err end
     local data = res.data or res
     for _, o in ipairs(data) do
@@ -229,6 +230,22 @@ local function step_organization(ctx)
   end)
 end
 
+-- The organization's API keys at the service with this name (paged), or false.
+local function find_api_key(ctx, name)
+  local offset = 0
+  for _ = 1, 100 do
+    local res, err = ctx.hub.management:list_api_keys(ctx.org_id, { limit = 100, offset = offset })
+    if not res then return nil, err end
+    local data = res.data or res
+    for _, k in ipairs(data) do
+      if k.name == name then return k end
+    end
+    if #data < 100 then return false end
+    offset = offset + #data
+  end
+  return false
+end
+
 local function step_api_key(ctx)
   run_step(ctx, "org", "api_key", function(j)
     local active = try(ctx.st:api_key_active(ctx.org_name))
@@ -236,18 +253,29 @@ local function step_api_key(ctx)
       ctx.api_key = active
       return "skip", "API key " .. short(active.api_key) .. " (secret sealed in the store)"
     end
-    -- A key whose create was sent but whose answer (with the secret, shown
-    -- once) never reached the store is lost: record why and make a new one.
-    local lost = {}
+    -- A key whose create was recorded but whose answer never reached the
+    -- store: if the service has it, its secret (shown once) is lost: record
+    -- why and make a new key; if not, the create never happened: retry it.
+    local lost, name = {}, nil
     for _, k in ipairs(try(ctx.st:api_keys(ctx.org_name))) do
       if k.state == "pending" then
-        try(ctx.st:api_key_set_state(k.name, "lost",
-          "create was sent but its answer (with the one-time secret) was not stored; replaced by a new key"))
-        lost[#lost + 1] = k.name
+        local remote = try(find_api_key(ctx, k.name))
+        if remote then
+          try(ctx.st:api_key_set_state(k.name, "lost",
+            "create was applied (key " .. tostring(remote.key) .. ") but its answer with the one-time "
+              .. "secret was not stored; replaced by a new key"))
+          lost[#lost + 1] = k.name
+        elseif name == nil then
+          name = k.name          -- never created: retry under the same name
+        else
+          try(ctx.st:api_key_set_state(k.name, "abandoned", "create never reached the service"))
+        end
       end
     end
-    local name = "fiskaly-pos-" .. crypto.uuid4()
-    try(ctx.st:api_key_insert{ org_name = ctx.org_name, name = name })
+    if not name then
+      name = "fiskaly-pos-" .. crypto.uuid4()
+      try(ctx.st:api_key_insert{ org_name = ctx.org_name, name = name })
+    end
     j.intent({ name = name, replaces_lost = lost })
     local key = try(ctx.hub.management:create_api_key(ctx.org_id, {
       name = name, status = "enabled", managed_by_organization_id = ctx.cfg.organization_id,
@@ -474,9 +502,20 @@ local function client_create(ctx, T, serial)
   end)
 end
 
+-- Was an admin session opened (journal: admin_auth) and never closed
+-- (admin_logout done), e.g. by a run that was killed?
+local function admin_left_open(ctx, T)
+  local auth = try(ctx.st:last_step_with(T.scope, "admin_auth", "done"))
+  local tried = try(ctx.st:last_step_with(T.scope, "admin_auth", "intent"))  -- killed mid-call
+  if tried and (not auth or tried.id > auth.id) then auth = tried end
+  if not auth then return false end
+  local out = try(ctx.st:last_step_with(T.scope, "admin_logout", "done"))
+  return not out or out.id < auth.id
+end
+
 local function step_admin_logout(ctx, T)
   run_step(ctx, T.scope, "admin_logout", function(j)
-    if not T.admin then return "skip", "not logged in" end
+    if not T.admin and not admin_left_open(ctx, T) then return "skip", "not logged in" end
     j.intent({ tss_id = T.id })
     try(ctx.sign.sign:admin_logout(T.id))
     j.applied()

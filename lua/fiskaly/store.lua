@@ -451,6 +451,15 @@ function Store:last_step(scope, step)
   return row
 end
 
+-- The latest journal row of scope/step whose status is `status`, or false.
+function Store:last_step_with(scope, step, status)
+  local row, err = self:_one("SELECT * FROM steps WHERE scope = ? AND step = ? AND status = ? "
+    .. "ORDER BY id DESC LIMIT 1", scope, step, status)
+  if not row then return row, err end
+  row.intent, row.result = dec(row.intent), dec(row.result)
+  return row
+end
+
 -- ------------------------------------------------------------------ organizations
 
 local function decode_org(r)
