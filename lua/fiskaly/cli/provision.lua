@@ -32,7 +32,7 @@ organization's managed_by_organization_id), FISKALY_BASE_URL, FISKALY_STORE,
 FISKALY_KEY_FILE. Precedence: options > environment > config file.
 
 Config file keys: base_url, api_key, api_secret, organization_id, store,
-key_file, ca_file, organization = { name, address_line1, zip, town,
+key_file, ca_file, busy_timeout_ms (default 5000), organization = { name, address_line1, zip, town,
 country_code, ... }, tss = [ { label, clients = [ serial, ... ] } ],
 serial_number (shorthand: one TSS "default" with one client).
 
@@ -135,7 +135,8 @@ end
 
 function M.open_store(cfg, readonly)
   local store = require "fiskaly.store"
-  return store.open{ path = cfg.store, key_file = cfg.key_file, readonly = readonly }
+  return store.open{ path = cfg.store, key_file = cfg.key_file, readonly = readonly,
+    busy_timeout_ms = math.tointeger(tonumber(cfg.busy_timeout_ms)) }
 end
 
 function M.new_client(cfg, need_secret)
