@@ -39,6 +39,7 @@
 typedef struct sandbox_options {
     unsigned port;
     long token_ttl;
+    long tss_limit;             /* -1: the Lua default (5, as fiskaly TEST) */
     const char *seed;           /* NULL: random ids and secrets */
     int die_with_parent;
     int verbose;
@@ -49,6 +50,9 @@ typedef struct sandbox_server {
     lua_State *L;
     int handler_ref;            /* registry ref of the Lua handler function */
     int verbose;
+    pthread_mutex_t stop_lock;  /* guards stopping; delays wait on stop_cond */
+    pthread_cond_t stop_cond;
+    int stopping;
 } sandbox_server;
 
 /* One key/value pair borrowed from libmicrohttpd (valid while the request lives). */
@@ -150,11 +154,22 @@ static enum MHD_Result collect_kv(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
-static void sleep_ms(long ms)
+/* Waits ms milliseconds, or less when the server is stopping. */
+static void server_sleep(sandbox_server *srv, long ms)
 {
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&srv->stop_lock);
+    while (!srv->stopping &&
+           pthread_cond_timedwait(&srv->stop_cond, &srv->stop_lock, &until) != ETIMEDOUT)
         ;
+    pthread_mutex_unlock(&srv->stop_lock);
 }
 
 /* ------------------------------------------------------------ Lua bridge */
@@ -411,7 +426,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         fprintf(stderr, "fiskaly-sandbox: %s %s -> %u%s%s\n", method, url, resp.status,
                 resp.delay_ms ? " (delayed)" : "", resp.drop ? " (dropped)" : "");
     if (resp.delay_ms > 0)
-        sleep_ms(resp.delay_ms);                     /* outside the lock */
+        server_sleep(srv, resp.delay_ms);            /* outside the Lua lock */
     if (resp.drop) {                                 /* close without an answer */
         response_free(&resp);
         return MHD_NO;
@@ -478,6 +493,10 @@ static int setup_lua(lua_State *L)
     }
     lua_pushboolean(L, o->verbose);
     lua_setfield(L, -2, "verbose");
+    if (o->tss_limit >= 0) {
+        lua_pushinteger(L, o->tss_limit);
+        lua_setfield(L, -2, "tss_limit");
+    }
     lua_call(L, 1, 2);                               /* handler, credentials */
     if (!lua_isfunction(L, -2) || !lua_istable(L, -1))
         return luaL_error(L, "server.new: expected a handler function and a credentials table");
@@ -496,7 +515,9 @@ static void usage(FILE *f)
           "\n"
           "  --port N            TCP port (default 0: a free port)\n"
           "  --token-ttl SECONDS access token lifetime (default 86400)\n"
-          "  --seed N            deterministic ids and secrets for the pre-seeded account\n"
+          "  --seed N            deterministic ids and secrets (same seed, same account)\n"
+          "  --tss-limit N       TSS per organization in CREATED/UNINITIALIZED/INITIALIZED\n"
+          "                      (default 5 as in fiskaly TEST; 0: no limit)\n"
           "  --die-with-parent   exit when the parent process exits\n"
           "  --verbose           log requests to stderr\n"
           "  --help              this text\n", f);
@@ -538,6 +559,12 @@ static int parse_options(int argc, char **argv, sandbox_options *o)
                 return 0;
             }
             o->token_ttl = v;
+        } else if (strcmp(a, "--tss-limit") == 0 && i + 1 < argc) {
+            if (!parse_long(argv[++i], 0, 1000000, &v)) {
+                fprintf(stderr, "fiskaly-sandbox: bad --tss-limit %s\n", argv[i]);
+                return 0;
+            }
+            o->tss_limit = v;
         } else if (strcmp(a, "--seed") == 0 && i + 1 < argc) {
             if (!parse_long(argv[++i], LONG_MIN, LONG_MAX, &v)) {
                 fprintf(stderr, "fiskaly-sandbox: bad --seed %s\n", argv[i]);
@@ -563,7 +590,8 @@ static const char *cred(lua_State *L, int idx, const char *name)
 
 int main(int argc, char **argv)
 {
-    sandbox_options opt = { 0, 86400, NULL, 0, 0 };
+    sandbox_options opt = { 0, 86400, -1, NULL, 0, 0 };
+    pthread_condattr_t cattr;
     sandbox_server srv;
     struct MHD_Daemon *d;
     const union MHD_DaemonInfo *info;
@@ -592,9 +620,16 @@ int main(int argc, char **argv)
 
     memset(&srv, 0, sizeof srv);
     srv.verbose = opt.verbose;
+    pthread_mutex_init(&srv.stop_lock, NULL);
+    pthread_condattr_init(&cattr);
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&srv.stop_cond, &cattr);
+    pthread_condattr_destroy(&cattr);
     srv.L = luaL_newstate();
     if (!srv.L) {
         fputs("fiskaly-sandbox: cannot create a Lua state\n", stderr);
+        pthread_cond_destroy(&srv.stop_cond);
+        pthread_mutex_destroy(&srv.stop_lock);
         return 1;
     }
     lua_pushcfunction(srv.L, setup_lua);
@@ -602,6 +637,8 @@ int main(int argc, char **argv)
     if (lua_pcall(srv.L, 1, 2, 0) != LUA_OK) {
         fprintf(stderr, "fiskaly-sandbox: %s\n", lua_tostring(srv.L, -1));
         lua_close(srv.L);
+        pthread_cond_destroy(&srv.stop_cond);
+        pthread_mutex_destroy(&srv.stop_lock);
         return 1;
     }
     creds = lua_gettop(srv.L);
@@ -622,6 +659,8 @@ int main(int argc, char **argv)
     if (!d) {
         fprintf(stderr, "fiskaly-sandbox: cannot listen on 127.0.0.1:%u\n", opt.port);
         pthread_mutex_destroy(&srv.lock);
+        pthread_cond_destroy(&srv.stop_cond);
+        pthread_mutex_destroy(&srv.stop_lock);
         lua_close(srv.L);
         return 1;
     }
@@ -643,8 +682,15 @@ int main(int argc, char **argv)
     if (opt.verbose)
         fprintf(stderr, "fiskaly-sandbox: signal %d, stopping\n", sig);
 
+    /* Wake delayed responses, then stop (MHD joins the connection threads). */
+    pthread_mutex_lock(&srv.stop_lock);
+    srv.stopping = 1;
+    pthread_cond_broadcast(&srv.stop_cond);
+    pthread_mutex_unlock(&srv.stop_lock);
     MHD_stop_daemon(d);
     pthread_mutex_destroy(&srv.lock);
+    pthread_cond_destroy(&srv.stop_cond);
+    pthread_mutex_destroy(&srv.stop_lock);
     lua_close(srv.L);
     return 0;
 }

@@ -17,7 +17,7 @@ local MAX_ACTIVE_TX = 2000       -- max_number_active_transactions
 local MAX_PIN_FAILURES = 5
 local BSI_ID = "BSI-K-TR-0490-2021"
 local INIT_SYSTEM_LOGS = 3       -- system logs signed while initialising
-M.TSS_LIMIT = 5                  -- TSS in CREATED/UNINITIALIZED/INITIALIZED per organization (TEST)
+local DEFAULT_TSS_LIMIT = 5      -- TSS in CREATED/UNINITIALIZED/INITIALIZED per organization (TEST)
 
 local function copy(t)
   if type(t) ~= "table" then return t end
@@ -202,9 +202,10 @@ local function create_tss(ctx, tok, id)
       active = active + 1
     end
   end
-  if M.TSS_LIMIT > 0 and active >= M.TSS_LIMIT then
+  local limit = ctx.opts.tss_limit or DEFAULT_TSS_LIMIT
+  if limit > 0 and active >= limit then
     errors.raise(403, "E_TSS_LIMIT_REACHED",
-      "at most " .. M.TSS_LIMIT .. " TSS may be CREATED, UNINITIALIZED or INITIALIZED in TEST; disable one first")
+      "at most " .. limit .. " TSS may be CREATED, UNINITIALIZED or INITIALIZED in TEST; disable one first")
   end
   local key = assert(core.crypto.generate_key("P-256"))
   local point = key:public_point()
