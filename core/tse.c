@@ -436,26 +436,55 @@ static void result_push(lua_State *L, const result *r)
 }
 
 /*
- * Decodes the public key and verifies sig over each candidate message
- * (tried in order; the first that verifies wins).  Fills r.
+ * A userdata owning a decoded public key, so that a Lua error raised while
+ * it is alive (out of memory while building the signed bytes) cannot leak it.
+ * Verifiers free it explicitly when done; __gc is the safety net.
  */
-static void verify_candidates(result *r, const unsigned char *key, size_t key_len,
-                              const unsigned char *sig, size_t sig_len,
-                              const char *const msgs[], const size_t lens[], const char *const styles[],
-                              size_t nmsgs)
+#define PKEYBOX_MT "fiskaly.tse.PKeyBox"
+
+static int pkeybox_close(lua_State *L)
+{
+    EVP_PKEY **box = luaL_checkudata(L, 1, PKEYBOX_MT);
+    EVP_PKEY_free(*box);
+    *box = NULL;
+    return 0;
+}
+
+static void pkeybox_free(EVP_PKEY **box)
+{
+    EVP_PKEY_free(*box);
+    *box = NULL;
+}
+
+/*
+ * Pushes a box holding the decoded public key (raw point or SPKI) and fills
+ * r->curve and r->serial (SHA-256 of the raw point).  Returns the box, whose
+ * key is NULL when the key is unusable (then r says why).
+ */
+static EVP_PKEY **result_key(lua_State *L, result *r, const unsigned char *key, size_t key_len)
 {
     unsigned char point[FISKALY_MAX_POINT];
     size_t point_len = 0;
     const char *code = FISKALY_E_INTERNAL;
-    EVP_PKEY *pkey = fiskaly_pubkey_decode(key, key_len, &r->curve, point, &point_len, &code);
-    if (pkey == NULL) {
+    EVP_PKEY **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, PKEYBOX_MT);
+    *box = fiskaly_pubkey_decode(key, key_len, &r->curve, point, &point_len, &code);
+    if (*box == NULL) {
         result_fail(r, code, fiskaly_error_text(code));
-        return;
+        return box;
     }
-    if (!r->has_serial) {
-        EVP_Digest(point, point_len, r->serial, NULL, EVP_sha256(), NULL);
-        r->has_serial = 1;
-    }
+    EVP_Digest(point, point_len, r->serial, NULL, EVP_sha256(), NULL);
+    r->has_serial = 1;
+    return box;
+}
+
+/* Verifies sig over each candidate message in order; the first that verifies wins.  Fills r. */
+static void verify_candidates(result *r, EVP_PKEY *pkey, const unsigned char *sig, size_t sig_len,
+                              const char *const msgs[], const size_t lens[], const char *const styles[],
+                              size_t nmsgs)
+{
+    const char *code = FISKALY_E_INTERNAL;
     for (size_t i = 0; i < nmsgs && !r->valid; i++) {
         if (fiskaly_ecdsa_verify(pkey, r->curve, r->alg->md, (const unsigned char *)msgs[i], lens[i],
                                  sig, sig_len, &code, &r->encoding)) {
@@ -466,8 +495,6 @@ static void verify_candidates(result *r, const unsigned char *key, size_t key_le
             break;                          /* malformed signature: no candidate can verify */
         }
     }
-    EVP_PKEY_free(pkey);
-    ERR_clear_error();
     if (!r->valid)
         result_fail(r, code, fiskaly_error_text(code));
 }
@@ -751,15 +778,10 @@ static int tse_verify_qr(lua_State *L)
     }
     r.alg = q->alg;
 
-    /* serial = SHA-256(point): needs the decoded key first; a bad key is reported by verify_candidates. */
-    unsigned char point[FISKALY_MAX_POINT];
-    size_t point_len = 0;
-    const char *code = NULL;
-    EVP_PKEY *pkey = fiskaly_pubkey_decode(q->key, q->key_len, &r.curve, point, &point_len, &code);
-    EVP_PKEY_free(pkey);
-    if (pkey != NULL) {
-        EVP_Digest(point, point_len, r.serial, NULL, EVP_sha256(), NULL);
-        r.has_serial = 1;
+    EVP_PKEY **pkey = result_key(L, &r, q->key, q->key_len);
+    if (*pkey == NULL) {
+        result_push(L, &r);
+        return 1;
     }
     qr_to_fields(q, r.serial, f);
 
@@ -779,7 +801,8 @@ static int tse_verify_qr(lua_State *L)
         luaL_pushresult(&b);
         msgs[i] = lua_tolstring(L, -1, &lens[i]);
     }
-    verify_candidates(&r, q->key, q->key_len, q->sig, q->sig_len, msgs, lens, styles, 2);
+    verify_candidates(&r, *pkey, q->sig, q->sig_len, msgs, lens, styles, 2);
+    pkeybox_free(pkey);
     if (r.valid && q->start_time > q->log_time) {
         /* start-zeit is not signed (it belongs to the Start log): the signed log time wins */
         result_fail(&r, E_MALFORMED_QR, "malformed QR field 7 (start_time): after the signed log time");
@@ -820,19 +843,12 @@ static int tse_verify_fields(lua_State *L)
         return 1;
     }
     r.alg = f->alg;
-    unsigned char point[FISKALY_MAX_POINT];
-    size_t point_len = 0;
-    const char *code = NULL;
-    EVP_PKEY *pkey = fiskaly_pubkey_decode((const unsigned char *)key.p, key.n, &r.curve, point, &point_len, &code);
-    EVP_PKEY_free(pkey);
-    if (pkey == NULL) {
-        result_fail(&r, code, fiskaly_error_text(code));
+    EVP_PKEY **pkey = result_key(L, &r, (const unsigned char *)key.p, key.n);
+    if (*pkey == NULL) {
         result_push(L, &r);
         return 1;
     }
-    EVP_Digest(point, point_len, f->serial, NULL, EVP_sha256(), NULL);
-    memcpy(r.serial, f->serial, sizeof r.serial);
-    r.has_serial = 1;
+    memcpy(f->serial, r.serial, sizeof f->serial);
     if (has_serial && (serial.n != sizeof f->serial || memcmp(serial.p, f->serial, sizeof f->serial) != 0)) {
         result_fail(&r, E_SERIAL_MISMATCH, "serial mismatch: serial_number is not the SHA-256 of the public key");
         result_push(L, &r);
@@ -850,8 +866,8 @@ static int tse_verify_fields(lua_State *L)
     size_t len[1];
     const char *style[1] = { pd_style_names[f->pd_style] };
     msg[0] = lua_tolstring(L, -1, &len[0]);
-    verify_candidates(&r, (const unsigned char *)key.p, key.n, (const unsigned char *)sig.p, sig.n,
-                      msg, len, style, 1);
+    verify_candidates(&r, *pkey, (const unsigned char *)sig.p, sig.n, msg, len, style, 1);
+    pkeybox_free(pkey);
     result_push(L, &r);
     return 1;
 }
@@ -1224,16 +1240,8 @@ static int tse_verify_log(lua_State *L)
     if (m->alg == NULL) {
         result_fail(&r, FISKALY_E_UNKNOWN_ALG, "unknown algorithm (signatureAlgorithm OID)");
     } else {
-        unsigned char point[FISKALY_MAX_POINT];
-        size_t point_len = 0;
-        const char *code = NULL;
-        EVP_PKEY *pkey = fiskaly_pubkey_decode(key, key_len, &r.curve, point, &point_len, &code);
-        EVP_PKEY_free(pkey);
-        if (pkey == NULL) {
-            result_fail(&r, code, fiskaly_error_text(code));
-        } else {
-            EVP_Digest(point, point_len, r.serial, NULL, EVP_sha256(), NULL);
-            r.has_serial = 1;
+        EVP_PKEY **pkey = result_key(L, &r, key, key_len);
+        if (*pkey != NULL) {
             if (m->serial.content_len != 32 || memcmp(m->serial.content, r.serial, 32) != 0) {
                 result_fail(&r, E_SERIAL_MISMATCH,
                             "serial mismatch: the log's serialNumber is not the SHA-256 of the public key");
@@ -1241,9 +1249,9 @@ static int tse_verify_log(lua_State *L)
                 const char *msg[1] = { (const char *)m->tbs };
                 size_t len[1] = { m->tbs_len };
                 const char *style[1] = { NULL };
-                verify_candidates(&r, key, key_len, m->signature.content, m->signature.content_len,
-                                  msg, len, style, 1);
+                verify_candidates(&r, *pkey, m->signature.content, m->signature.content_len, msg, len, style, 1);
             }
+            pkeybox_free(pkey);
         }
     }
     result_push(L, &r);
@@ -1265,8 +1273,17 @@ static const luaL_Reg tse_funcs[] = {
     { NULL, NULL },
 };
 
+static const luaL_Reg pkeybox_meta[] = {
+    { "__gc", pkeybox_close },
+    { "__close", pkeybox_close },
+    { NULL, NULL },
+};
+
 void tse_open(lua_State *L)
 {
+    luaL_newmetatable(L, PKEYBOX_MT);
+    luaL_setfuncs(L, pkeybox_meta, 0);
+    lua_pop(L, 1);
     luaL_newlib(L, tse_funcs);
     lua_setfield(L, -2, "tse");
 }
