@@ -180,6 +180,26 @@ function TestFlow.test_seed_flow()
     sig_alg = f[9], signature_counter = tonumber(f[6]), log_time = t2.log.timestamp, log_time_format = f[10],
   }
   lu.assertFalse((core.crypto.verify(point, bad, core.crypto.b64decode(f[11]), "SHA256")))
+  -- and a DER builder written here from tse-signature.md §2 (not core.tse) gives
+  -- the same bytes, which verify
+  local function tlv(tag, v)
+    local n = #v
+    local len = n < 128 and string.char(n) or n < 256 and string.char(0x81, n) or string.char(0x82, n >> 8, n & 255)
+    return string.char(tag) .. len .. v
+  end
+  local function int(v)
+    local b = ""
+    repeat b = string.char(v & 255) .. b; v = v >> 8 until v == 0
+    if b:byte(1) >= 0x80 then b = "\0" .. b end
+    return b
+  end
+  local mine = tlv(0x02, "\2") .. core.crypto.unhex("060904007f000703070101")
+    .. tlv(0x80, "FinishTransaction") .. tlv(0x81, f[2]) .. tlv(0x82, f[4]) .. tlv(0x83, f[3])
+    .. tlv(0x85, int(tonumber(f[5]))) .. tlv(0x04, core.crypto.sha256(point))
+    .. core.crypto.unhex("300c060a04007f00070101040103")
+    .. tlv(0x02, int(tonumber(f[6]))) .. tlv(0x02, int(t2.log.timestamp))
+  lu.assertEquals(core.crypto.hex(mine), core.crypto.hex(tbs))
+  lu.assertTrue((core.crypto.verify(point, mine, core.crypto.b64decode(f[11]), "SHA256")))
   -- and the core's own QR verifier agrees
   local r = core.tse.verify_qr(qr)
   lu.assertTrue(r.valid, r.reason)
