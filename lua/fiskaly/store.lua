@@ -164,14 +164,20 @@ local function file_exists(path)
   return info ~= nil, info
 end
 
+-- The error for a file SQLite cannot read (garbage, truncated, damaged).
+function M._refusal(err, path)
+  if err.code == "SQLITE_NOTADB" then
+    return new_error(err.code, path .. " is not a fiskaly store (not an SQLite database); the file was not modified")
+  end
+  return new_error(err.code, "store " .. path .. " is damaged (" .. tostring(err.message)
+    .. "); restore it from a backup; the file was not modified")
+end
+
 -- Reads the schema version without writing. Returns version, or nil, err.
 local function read_version(db, path)
   local rows, err = db:query("SELECT name FROM sqlite_master WHERE type = 'table'")
   if not rows then
-    if err.code == "SQLITE_NOTADB" or err.code == "SQLITE_CORRUPT" then
-      return nil, new_error(err.code, path .. " is not a fiskaly store (" .. tostring(err.message)
-        .. "); the file was not modified")
-    end
+    if err.code == "SQLITE_NOTADB" or err.code == "SQLITE_CORRUPT" then return nil, M._refusal(err, path) end
     return nil, wrap(err, path)
   end
   local names = {}
@@ -197,7 +203,8 @@ local function read_key_check(db)
 end
 
 -- opts: path (required), key (32 bytes) | key_file, busy_timeout_ms (default 5000),
--- readonly (no migrations, no key creation; for `fiskaly status`).
+-- readonly (no migrations, no key creation; for `fiskaly status`),
+-- integrity_check (default true: PRAGMA quick_check before anything is written).
 -- Returns a Store, or nil, err.
 function M.open(opts)
   if type(opts) == "string" then opts = { path = opts } end
@@ -216,16 +223,22 @@ function M.open(opts)
     readonly = opts.readonly,
   })
   if not db then
-    if oerr.code == "SQLITE_NOTADB" or oerr.code == "SQLITE_CORRUPT" then
-      return nil, new_error(oerr.code, path .. " is not a fiskaly store (file is not a database or is "
-        .. "corrupt); the file was not modified")
-    end
+    if oerr.code == "SQLITE_NOTADB" or oerr.code == "SQLITE_CORRUPT" then return nil, M._refusal(oerr, path) end
     return nil, wrap(oerr, "cannot open store " .. path)
   end
   local function fail(e) db:close() return nil, e end
 
   local version, verr = read_version(db, path)
   if not version then return fail(verr) end
+  if opts.integrity_check ~= false and version > 0 then
+    -- a damaged file must not be written to (nor "repaired")
+    local rows, qerr = db:query("PRAGMA quick_check")
+    local verdict = rows and rows[1] and rows[1].quick_check
+    if verdict ~= "ok" then
+      return fail(new_error("SQLITE_CORRUPT", "store " .. path .. " is damaged ("
+        .. tostring(verdict or (qerr and qerr.message)) .. "); restore it from a backup; the file was not modified"))
+    end
+  end
   if version > M.SCHEMA_VERSION then
     return fail(new_error("NEWER_SCHEMA", string.format(
       "store %s has schema version %d, but this lua-fiskaly knows only up to %d: upgrade lua-fiskaly; "

@@ -200,6 +200,31 @@ function TestStore:test_corrupt_db_refused_and_untouched()
   lu.assertNil(read_file(path .. ".key"), "no key file for a refused store")
 end
 
+function TestStore:test_damaged_pages_refused_and_untouched()
+  local path = tmppath()
+  local st = assert(store.open{ path = path })
+  populate(st)
+  st:close()
+  local data = read_file(path)
+  lu.assertTrue(#data >= 4 * 4096)
+  -- keep the header page, scramble every other page
+  local scrambled = { data:sub(1, 4096) }
+  local seed = 7
+  for _ = 4097, #data do
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    scrambled[#scrambled + 1] = string.char(seed % 256)
+  end
+  write_file(path, table.concat(scrambled))
+  local before = digest(path)
+  for _, ro in ipairs{ false, true } do
+    local st2, err = store.open{ path = path, readonly = ro }
+    lu.assertNil(st2)
+    lu.assertEquals(err.code, "SQLITE_CORRUPT")
+    lu.assertStrContains(err.message, "damaged")
+    lu.assertEquals(digest(path), before)
+  end
+end
+
 function TestStore:test_foreign_sqlite_db_refused()
   local path = tmppath()
   local db = assert(core.store.open(path))

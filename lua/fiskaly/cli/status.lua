@@ -12,7 +12,8 @@ its API keys, every TSS (state, whether PUK and PIN are held) and clients.
           (needs --base-url / FISKALY_BASE_URL)
 --json    machine-readable output
 
-Configuration as for `fiskaly provision` (config file < environment < options).
+Configuration as for `fiskaly provision` (config file < environment < options):
+FISKALY_STORE, FISKALY_KEY_FILE, FISKALY_BASE_URL; --config FILE (JSON or Lua).
 Exit status: 0 ok, 1 the store cannot be read (or a remote read failed), 2 usage.
 ]],
 }
