@@ -134,7 +134,7 @@ local function make_api(name, logbuf)
     vat_rate = vat_rate,
     log = function(msg)
       if #logbuf < 100 then
-        logbuf[#logbuf + 1] = type(msg) == "string" and msg:sub(1, 500) or ("(" .. type(msg) .. ")")
+        logbuf[#logbuf + 1] = type(msg) == "string" and string.sub(msg, 1, 500) or ("(" .. type(msg) .. ")")
       end
     end,
   }, "api")

@@ -34,6 +34,7 @@ local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coro
 local pack, unpack = table.pack, table.unpack
 local type, error, rawlen, rawget, select = type, error, rawlen, rawget, select
 local floor = math.floor
+local fmt, byte, ssub = string.format, string.byte, string.sub
 
 local HOOK_STEP = 1000
 
@@ -57,7 +58,7 @@ local function readonly(t, name)
   return setmetatable(proxy, {
     __index = t,
     __newindex = function(_, k)
-      error(("%s is read-only (cannot set %s)"):format(name, tostring(k)), 2)
+      error(fmt("%s is read-only (cannot set %s)", name, tostring(k)), 2)
     end,
     __len = function() return #t end,
     __pairs = function()                 -- never hands out t itself
@@ -85,15 +86,15 @@ local function pattern_cost(s, p, anchored_possible)
   local q = 0
   local i, len = 1, #p
   while i <= len do
-    local c = p:byte(i)
+    local c = byte(p, i)
     if c == 37 then                              -- '%x'
       i = i + 2
     elseif c == 91 then                          -- '[...]'
       i = i + 1
-      if p:byte(i) == 94 then i = i + 1 end
-      if p:byte(i) == 93 then i = i + 1 end
-      while i <= len and p:byte(i) ~= 93 do
-        if p:byte(i) == 37 then i = i + 1 end
+      if byte(p, i) == 94 then i = i + 1 end
+      if byte(p, i) == 93 then i = i + 1 end
+      while i <= len and byte(p, i) ~= 93 do
+        if byte(p, i) == 37 then i = i + 1 end
         i = i + 1
       end
       i = i + 1
@@ -103,7 +104,7 @@ local function pattern_cost(s, p, anchored_possible)
     end
   end
   local exp = q
-  if not (anchored_possible and p:byte(1) == 94) then exp = exp + 1 end
+  if not (anchored_possible and byte(p, 1) == 94) then exp = exp + 1 end
   local cost = 1.0
   for _ = 1, exp do
     cost = cost * n
@@ -141,8 +142,8 @@ local function make_libs(box)
         and not (name == "find" and a4) then       -- plain find is linear
         local cost = pattern_cost(s, p, name ~= "gmatch")
         if cost > 1e9 then
-          error(("string.%s: pattern %q is too expensive for a %d-byte subject"):format(
-            name, p:sub(1, 40), #s), 2)
+          error(fmt("string.%s: pattern %q is too expensive for a %d-byte subject", 
+            name, ssub(p, 1, 40), #s), 2)
         end
         charge(floor(cost) >> 4)
       end
@@ -232,7 +233,18 @@ function sandbox.new(opts)
     string = S, table = T, math = M, utf8 = U,
   }
   env.pcall = function(f, ...) return relay(pcall(f, ...)) end
-  env.xpcall = function(f, h, ...) return relay(xpcall(f, h, ...)) end
+  -- The plugin's message handler must not run as a real message handler: an
+  -- error raised by the budget hook calls it while hooks are disabled, where
+  -- an endless loop could not be stopped. It runs after the unwinding instead.
+  env.xpcall = function(f, h, ...)
+    local res = pack(pcall(f, ...))
+    local st = box.current
+    if st and st.killed then error(KILL, 0) end
+    if res[1] then return unpack(res, 1, res.n) end
+    local ok, v = pcall(h, res[2])
+    if st and st.killed then error(KILL, 0) end
+    return false, v
+  end
   env.getmetatable = function(v)
     if type(v) ~= "table" then return nil end      -- never the string metatable
     return getmetatable(v)
@@ -278,7 +290,7 @@ function Box:_charge(n)
   if not st then return end
   st.count = st.count + n
   if st.count > self.instructions then
-    self:_kill(st, ("instruction budget exceeded (%d instructions)"):format(self.instructions))
+    self:_kill(st, fmt("instruction budget exceeded (%d instructions)", self.instructions))
   end
   if st.killed then error(KILL, 0) end
 end
@@ -290,23 +302,22 @@ function Box:_reserve(bytes)
   if collectgarbage("count") + bytes / 1024 > st.limit_kb then
     collectgarbage("collect")
     if collectgarbage("count") + bytes / 1024 > st.limit_kb then
-      self:_kill(st, ("memory ceiling exceeded (%d KB)"):format(self.memory_kb))
+      self:_kill(st, fmt("memory ceiling exceeded (%d KB)", self.memory_kb))
       error(KILL, 0)
     end
   end
 end
 
 -- GC sentinel: its finalizer runs at the end of every GC cycle during a call.
+-- collectgarbage() cannot be called inside a finalizer (Lua 5.4 refuses), so
+-- the finalizer only flags the cycle and makes the hook fire on the very next
+-- instruction; the hook then measures memory and charges allocation volume.
 local function arm_watch(box, st)
   local mt = {}
   mt.__gc = function()
     if box.current ~= st or st.done then return end
-    local kb = collectgarbage("count")
-    st.count = st.count + floor(kb) // 4          -- charge allocation volume
-    if kb > st.limit_kb then st.over = true end
-    if st.over or st.count > box.instructions then
-      if st.co and co_status(st.co) ~= "dead" then sethook(st.co, st.hook, "", 1) end
-    end
+    st.cycle = true
+    if st.co and co_status(st.co) ~= "dead" then sethook(st.co, st.hook, "", 1) end
     setmetatable({}, mt)                           -- re-arm for the next cycle
   end
   setmetatable({}, mt)
@@ -318,7 +329,7 @@ local function result(st, ok, ...)
     local e = ...
     if e == KILL then return false, st.killed or "killed", "limit" end
     if type(e) == "string" then
-      if #e > 500 then e = e:sub(1, 500) .. "..." end
+      if #e > 500 then e = ssub(e, 1, 500) .. "..." end
       return false, e, "error"
     end
     -- Never tostring() a foreign object: its __tostring is plugin code.
@@ -336,19 +347,27 @@ function Box:call(fn, ...)
   local step = self.instructions < HOOK_STEP and self.instructions or HOOK_STEP
   st.hook = function()
     if st.killed then error(KILL, 0) end
-    st.count = st.count + step
+    if not st.cycle then st.count = st.count + step end
     if st.count > box.instructions then
-      box:_kill(st, ("instruction budget exceeded (%d instructions)"):format(box.instructions))
+      box:_kill(st, fmt("instruction budget exceeded (%d instructions)", box.instructions))
       error(KILL, 0)
     end
-    if st.over or collectgarbage("count") > st.limit_kb then
-      collectgarbage("collect")
-      if collectgarbage("count") > st.limit_kb then
-        box:_kill(st, ("memory ceiling exceeded (%d KB)"):format(box.memory_kb))
+    local kb = collectgarbage("count")
+    if st.cycle then                     -- a GC cycle ended: charge allocation volume
+      st.cycle = false
+      st.count = st.count + floor(kb) // 4
+      sethook(st.co, st.hook, "", step)
+      if st.count > box.instructions then
+        box:_kill(st, fmt("instruction budget exceeded (%d instructions)", box.instructions))
         error(KILL, 0)
       end
-      st.over = false
-      sethook(st.co, st.hook, "", step)
+    end
+    if kb > st.limit_kb then
+      collectgarbage("collect")
+      if collectgarbage("count") > st.limit_kb then
+        box:_kill(st, fmt("memory ceiling exceeded (%d KB)", box.memory_kb))
+        error(KILL, 0)
+      end
     end
   end
   st.limit_kb = collectgarbage("count") + self.memory_kb
