@@ -98,6 +98,7 @@ typedef struct sandbox_exchange {
     const char *path;
     const char *body;
     size_t body_len;
+    int too_large;              /* the body was over SANDBOX_MAX_BODY and dropped */
     kv_list *headers;
     kv_list *query;
     sandbox_response *resp;
@@ -215,6 +216,10 @@ static int exchange_call(lua_State *L)
     lua_setfield(L, -2, "path");
     lua_pushlstring(L, ex->body ? ex->body : "", ex->body_len);
     lua_setfield(L, -2, "body");
+    if (ex->too_large) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "body_too_large");
+    }
 
     lua_createtable(L, 0, (int)ex->headers->n);
     for (size_t i = 0; i < ex->headers->n; i++) {
@@ -394,33 +399,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     memset(&resp, 0, sizeof resp);
     memset(&headers, 0, sizeof headers);
     memset(&query, 0, sizeof query);
-    if (req->too_large) {
-        static const char err413[] =
-            "{\"status_code\":413,\"error\":\"Payload Too Large\",\"code\":null,"
-            "\"message\":\"request body is larger than 1 MB\"}";
-        resp.status = 413;
-        resp.body = dup_mem(err413, sizeof err413 - 1);
-        resp.body_len = resp.body ? sizeof err413 - 1 : 0;
-    } else {
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_kv, &headers);
-        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_kv, &query);
-        if (headers.failed || query.failed) {
-            kv_list_free(&headers);
-            kv_list_free(&query);
-            return MHD_NO;
-        }
-        ex.srv = srv;
-        ex.method = method;
-        ex.path = url;
-        ex.body = req->body;
-        ex.body_len = req->len;
-        ex.headers = &headers;
-        ex.query = &query;
-        ex.resp = &resp;
-        server_dispatch(&ex);
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_kv, &headers);
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_kv, &query);
+    if (headers.failed || query.failed) {
         kv_list_free(&headers);
         kv_list_free(&query);
+        return MHD_NO;
     }
+    ex.srv = srv;
+    ex.method = method;
+    ex.path = url;
+    ex.body = req->too_large ? NULL : req->body;
+    ex.body_len = req->too_large ? 0 : req->len;
+    ex.too_large = req->too_large;
+    ex.headers = &headers;
+    ex.query = &query;
+    ex.resp = &resp;
+    server_dispatch(&ex);
+    kv_list_free(&headers);
+    kv_list_free(&query);
 
     if (srv->verbose)
         fprintf(stderr, "fiskaly-sandbox: %s %s -> %u%s%s\n", method, url, resp.status,

@@ -2,7 +2,8 @@
 --
 -- server.new(opts) returns handler, credentials.  handler(req) takes
 --   { method, path, query = {name = first value}, query_list = {{name, value}, ...},
---     headers = {lowercased name = value}, body = string }
+--     headers = {lowercased name = value}, body = string,
+--     body_too_large = true? (the body was over 1 MB and dropped by the host) }
 -- and returns the response the C host sends:
 --   { status = int, headers = {name = value}, body = string,
 --     delay_ms = int?  -- the host sleeps this long (outside the Lua lock) before answering
@@ -96,6 +97,9 @@ function M.new(opts)
   local creds = seed_account(ctx)
 
   local function dispatch(req)
+    if req.body_too_large then
+      errors.raise(413, nil, "request body is larger than 1 MB")
+    end
     local path = req.path
     if #path > 1 then path = path:gsub("/+$", "") end
     local fn, caps = match(req.method, path)

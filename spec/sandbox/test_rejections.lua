@@ -347,6 +347,16 @@ function TestRejections.test_management_validation()
   err(st, b, 404, "E_NOT_FOUND")
 end
 
+function TestRejections.test_body_over_1mb()
+  local st, b, h = A:call("POST", "/api/v2/auth", string.rep("a", 1024 * 1024 + 1), nil,
+    { ["X-Request-Id"] = "big-1" })
+  err(st, b, 413, json.null)
+  lu.assertEquals(h["request-id"], "big-1")
+  -- exactly 1 MB is read (and then rejected as JSON, not for its size)
+  st, b = A:call("POST", "/api/v2/auth", string.rep(" ", 1024 * 1024 - 2) .. "{}")
+  lu.assertStrContains(err(st, b, 400, "E_FAILED_SCHEMA_VALIDATION"), "api_key")
+end
+
 function TestRejections.test_tx_limit_reached()
   local p = A:provision("CLIENT")
   for _ = 1, 2000 do A:tx(p, core.crypto.uuid4(), 1, "ACTIVE") end
