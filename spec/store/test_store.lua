@@ -360,4 +360,4 @@ end
 
 local rc = lu.LuaUnit.run()
 os.execute("rm -rf '" .. tmpdir .. "'")
-os.exit(rc)
+os.exit(rc, true)
