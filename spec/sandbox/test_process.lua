@@ -32,9 +32,24 @@ local function stop_with(sig)
   lu.assertStrMatches(lines[4], "FISKALY_ORGANIZATION_ID=.+")
   local pid = lines[5]:match("^FISKALY_SANDBOX_PID=(%d+)$")
   lu.assertNotNil(pid)
+  -- it listens on 127.0.0.1 only: /proc/net/tcp has exactly one LISTEN socket on
+  -- the port, bound to 0100007F (127.0.0.1), and none in /proc/net/tcp6
+  local url = lines[1]:match("=(.*)$")
+  local port = tonumber(url:match(":(%d+)$"))
+  local listen = {}
+  for _, file in ipairs{ "/proc/net/tcp", "/proc/net/tcp6" } do
+    local fh = io.open(file, "r")
+    if fh then
+      for l in fh:lines() do
+        local addr, hexport, st = l:match("^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x%x)")
+        if addr and tonumber(hexport, 16) == port and st == "0A" then listen[#listen + 1] = addr end
+      end
+      fh:close()
+    end
+  end
+  lu.assertEquals(listen, { "0100007F" })
   -- it serves
   local http = core.http.session{}
-  local url = lines[1]:match("=(.*)$")
   local r = assert(http:request{ method = "GET", url = url .. "/_sandbox/state" })
   lu.assertEquals(r.status, 200)
   http:close()

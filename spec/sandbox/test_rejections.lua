@@ -124,10 +124,19 @@ function TestRejections.test_wrong_tss_state()
     { serial_number = "ERS 1" }, q.tok)
   err(st, b, 400, "E_TSS_NOT_INITIALIZED")
 
-  -- DISABLED is final
+  -- DISABLED is final, and nothing signs any more
+  local cid = core.crypto.uuid4()
+  A:ok("PUT", base .. "/client/" .. cid, { serial_number = "ERS 1" }, p.tok)
   A:ok("PATCH", base, { state = "DISABLED" }, p.tok)
   st, b = A:call("PATCH", base, { state = "INITIALIZED" }, p.tok)
   lu.assertStrContains(err(st, b, 400, "E_ILLEGAL_TSS_STATE_CHANGE"), "DISABLED")
+  st, b = A:call("PUT", base .. "/tx/" .. core.crypto.uuid4() .. "?tx_revision=1",
+    { state = "ACTIVE", client_id = cid }, p.tok)
+  lu.assertStrContains(err(st, b, 400, "E_TSS_DISABLED"), "DISABLED")
+  st, b = A:call("PUT", base .. "/client/" .. core.crypto.uuid4(), { serial_number = "ERS 2" }, p.tok)
+  err(st, b, 400, "E_TSS_DISABLED")
+  st, b = A:call("PATCH", base .. "/client/" .. cid, { state = "DEREGISTERED" }, p.tok)
+  err(st, b, 400, "E_TSS_DISABLED")
 end
 
 function TestRejections.test_admin_logout_ends_session()
