@@ -386,6 +386,7 @@ function Box:call(fn, ...)
   end
   local res = pack(result(st, unpack(r, 1, r.n)))
   sethook(st.co)
+  st.co = nil                            -- drop the dead thread (and its stack) now
   return unpack(res, 1, res.n)
 end
 
