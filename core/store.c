@@ -727,6 +727,84 @@ static int store_file_info(lua_State *L)
     return 1;
 }
 
+/* ------------------------------------------------------------------ Lock */
+
+#define STORE_LOCK_MT "fiskaly.store.Lock"
+
+typedef struct store_lock {
+    int fd;                     /* -1 once released */
+} store_lock;
+
+static int lock_release(lua_State *L)
+{
+    store_lock *k = (store_lock *)luaL_checkudata(L, 1, STORE_LOCK_MT);
+    if (k->fd >= 0) {
+        close(k->fd);           /* closing the descriptor drops the fcntl lock */
+        k->fd = -1;
+    }
+    return 0;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    store_lock *k = (store_lock *)luaL_checkudata(L, 1, STORE_LOCK_MT);
+    lua_pushfstring(L, STORE_LOCK_MT " (%p%s)", (void *)k, k->fd >= 0 ? "" : ", released");
+    return 1;
+}
+
+static const luaL_Reg store_lock_methods[] = {
+    {"release", lock_release},
+    {"close", lock_release},
+    {NULL, NULL}
+};
+
+static const luaL_Reg store_lock_meta[] = {
+    {"__gc", lock_release},
+    {"__close", lock_release},
+    {"__tostring", lock_tostring},
+    {"__index", NULL},
+    {NULL, NULL}
+};
+
+/* core.store.lock_file(path) -> Lock | nil, err
+ * An exclusive, non-blocking fcntl write lock on path (created 0600 if
+ * missing).  Held until lock:release(), garbage collection or process exit
+ * (also SIGKILL: the kernel drops it).  err.code = "LOCKED" when another
+ * process holds it. */
+static int store_lock_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    store_lock *k = (store_lock *)lua_newuserdatauv(L, sizeof *k, 0);
+    k->fd = -1;
+    luaL_setmetatable(L, STORE_LOCK_MT);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, S_IRUSR | S_IWUSR);
+    if (fd < 0)
+        return store_push_errno(L, path, errno);
+    k->fd = fd;
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+        int e = errno;
+        close(fd);
+        k->fd = -1;
+        if (e == EACCES || e == EAGAIN) {
+            lua_pushnil(L);
+            lua_createtable(L, 0, 3);
+            lua_pushliteral(L, "store");
+            lua_setfield(L, -2, "kind");
+            lua_pushliteral(L, "LOCKED");
+            lua_setfield(L, -2, "code");
+            lua_pushfstring(L, "%s is locked by another process", path);
+            lua_setfield(L, -2, "message");
+            return 2;
+        }
+        return store_push_errno(L, path, e);
+    }
+    return 1;
+}
+
 static int store_sqlite_version(lua_State *L)
 {
     lua_pushstring(L, sqlite3_libversion());
@@ -737,6 +815,7 @@ static const luaL_Reg store_funcs[] = {
     {"open", store_open_db},
     {"write_private_file", store_write_private_file},
     {"file_info", store_file_info},
+    {"lock_file", store_lock_file},
     {"sqlite_version", store_sqlite_version},
     {NULL, NULL}
 };
@@ -756,6 +835,7 @@ void store_open(lua_State *L)
 {
     store_new_meta(L, STORE_DB_MT, store_db_meta, store_db_methods);
     store_new_meta(L, STORE_STMT_MT, store_stmt_meta, store_stmt_methods);
+    store_new_meta(L, STORE_LOCK_MT, store_lock_meta, store_lock_methods);
     lua_newtable(L);
     luaL_setfuncs(L, store_funcs, 0);
     lua_setfield(L, -2, "store");

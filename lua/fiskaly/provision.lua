@@ -604,6 +604,18 @@ end
 
 -- ------------------------------------------------------------------ public
 
+-- One provisioning run per store at a time: an fcntl lock on "<store>.lock",
+-- dropped by the kernel when the process dies (so a SIGKILL leaves no stale lock).
+local function lock_store(st)
+  local lock, err = core.store.lock_file(st.path .. ".lock")
+  if lock then return lock end
+  if err.code == "LOCKED" then
+    fail(new_error("BUSY", "another provisioning run is working on store " .. st.path
+      .. " (it holds " .. st.path .. ".lock); wait for it to finish"))
+  end
+  fail(new_error("LOCK", "cannot lock store: " .. tostring(err.message)))
+end
+
 -- Runs (or resumes) the whole setup.
 -- opts: store (an open fiskaly.store Store), client (a fiskaly client with the
 -- HUB/management credentials), config = { organization_id, organization = {...},
@@ -615,6 +627,7 @@ M.run = protect(function(opts)
   local cfg = opts.config
   try(check_config(cfg))
   local plan = try(tss_plan(cfg))
+  local lock <close> = lock_store(opts.store)
   local ctx = { st = opts.store, hub = opts.client, cfg = cfg, on_step = opts.on_step,
     org_name = cfg.organization.name }
   step_management_auth(ctx)
@@ -660,14 +673,20 @@ local function find_tss(st, org_name, ref)
 end
 
 local function op_ctx(opts)
-  local sign, org = sign_client(opts)
-  return { st = opts.store, sign = sign, on_step = opts.on_step, org_name = org.name, org_id = org.org_id }
+  local lock = lock_store(opts.store)
+  local ok, sign, org = pcall(sign_client, opts)
+  if not ok then
+    lock:release()
+    error(sign, 0)
+  end
+  return { st = opts.store, sign = sign, on_step = opts.on_step, org_name = org.name, org_id = org.org_id },
+    lock
 end
 
 -- Changes the admin PIN (with the PUK; new PIN random unless opts.new_pin).
 -- opts: store, client, tss (id or label), new_pin?, on_step?
 M.change_admin_pin = protect(function(opts)
-  local ctx = op_ctx(opts)
+  local ctx, lock <close> = op_ctx(opts)
   local rec = find_tss(ctx.st, ctx.org_name, opts.tss)
   if opts.new_pin ~= nil and (type(opts.new_pin) ~= "string" or #opts.new_pin < 6) then
     fail(new_error("CONFIG", "the admin PIN must have at least 6 characters"))
@@ -681,7 +700,7 @@ end)
 
 -- Disables a TSS (irreversible). opts: store, client, tss, on_step?
 M.disable_tss = protect(function(opts)
-  local ctx = op_ctx(opts)
+  local ctx, lock <close> = op_ctx(opts)
   local rec = find_tss(ctx.st, ctx.org_name, opts.tss)
   local T = { id = rec.tss_id, scope = "tss:" .. rec.label, label = rec.label, clients = {} }
   local t = remote_tss(ctx, rec.tss_id)
@@ -712,7 +731,7 @@ end)
 
 -- Adds a client to a provisioned TSS. opts: store, client, tss, serial_number, on_step?
 M.add_client = protect(function(opts)
-  local ctx = op_ctx(opts)
+  local ctx, lock <close> = op_ctx(opts)
   local rec = find_tss(ctx.st, ctx.org_name, opts.tss)
   try(check_serial(opts.serial_number))
   local T = { id = rec.tss_id, scope = "tss:" .. rec.label, label = rec.label,
@@ -732,7 +751,7 @@ end)
 -- Deregisters (state = "DEREGISTERED") or re-registers a client.
 -- opts: store, client, client_id, state? ("DEREGISTERED" default), on_step?
 M.deactivate_client = protect(function(opts)
-  local ctx = op_ctx(opts)
+  local ctx, lock <close> = op_ctx(opts)
   local c = try(ctx.st:client_get(opts.client_id))
   if not c then fail(new_error("NOT_FOUND", "no client " .. tostring(opts.client_id) .. " in the store")) end
   local want = opts.state or "DEREGISTERED"

@@ -190,6 +190,22 @@ function TestCli:test_locked_store()
   lu.assertEquals(how .. code, "exit0", out)
 end
 
+function TestCli:test_second_provision_run_refused()
+  local p = copy_store("concurrent")
+  local lock = assert(core.store.lock_file(p .. ".lock"))   -- "another run" holds the store
+  local before = H.digest(p)
+  local how, code, out = cli({ "provision", "--config", cfg_path, "--store", p })
+  lu.assertEquals(how .. code, "exit1", out)
+  lu.assertStrContains(out, "another provisioning run")
+  lu.assertEquals(H.digest(p), before)
+  -- status (read-only) still works meanwhile
+  how, code, out = cli({ "status", "--store", p })
+  lu.assertEquals(how .. code, "exit0", out)
+  lock:release()
+  how, code, out = cli({ "provision", "--config", cfg_path, "--store", p })
+  lu.assertEquals(how .. code, "exit0", out)
+end
+
 function TestCli:test_status_without_store()
   local how, code, out = cli({ "status", "--store", dir .. "/none.db" })
   lu.assertEquals(how .. code, "exit1")

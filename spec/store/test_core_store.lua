@@ -198,6 +198,30 @@ function TestCoreStore:test_private_file()
   lu.assertEquals(e2.code, "ENOENT")
 end
 
+function TestCoreStore:test_lock_file()
+  local path = tmpdir .. "/x.lock"
+  local lock = assert(S.lock_file(path))
+  lu.assertEquals(S.file_info(path).mode, 384)
+  -- another process cannot take it
+  local probe = "lua5.4 -e " .. string.format("%q", string.format(
+    "local l, e = require('fiskaly.core').store.lock_file(%q); os.exit(l and 0 or (e.code == 'LOCKED' and 3 or 4))",
+    path))
+  local _, _, code = os.execute(probe)
+  lu.assertEquals(code, 3)
+  lock:release()
+  lock:release()                       -- idempotent
+  lu.assertStrContains(tostring(lock), "released")
+  local _, _, code2 = os.execute(probe)
+  lu.assertEquals(code2, 0)
+  do
+    local l2 <close> = assert(S.lock_file(path))
+  end
+  lu.assertEquals(select(3, os.execute(probe)), 0)   -- released by <close>
+  local bad, err = S.lock_file(tmpdir .. "/no/such/dir/x.lock")
+  lu.assertNil(bad)
+  lu.assertEquals(err.code, "ENOENT")
+end
+
 TestAead = {}
 
 function TestAead:test_roundtrip_and_layout()
