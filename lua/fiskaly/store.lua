@@ -146,7 +146,14 @@ CREATE INDEX transactions_state ON transactions(state);
 CREATE INDEX transactions_tss ON transactions(tss_id, state);
 ]],
   },
+  {
+    name = "sale journal: extra fields (JSON) of the sale flow",
+    sql = [[
+ALTER TABLE transactions ADD COLUMN extra TEXT;
+]],
+  },
 }
+M._MIGRATIONS = MIGRATIONS   -- for the migration tests
 M.SCHEMA_VERSION = #MIGRATIONS
 
 local KEY_CHECK_PLAIN = "fiskaly store key check v1"
@@ -319,8 +326,10 @@ function Store:schema_version()
 end
 
 -- Runs fn(self) inside BEGIN IMMEDIATE ... COMMIT. fn returns values or
--- nil, err (-> rollback). Raises inside fn roll back and re-raise.
+-- nil, err (-> rollback). Raises inside fn roll back and re-raise. Inside an
+-- open transaction fn simply runs as part of it.
 function Store:transaction(fn)
+  if self.db:in_transaction() then return fn(self) end   -- nested: part of the outer one
   local ok, err = self.db:begin("immediate")
   if not ok then return nil, wrap(err, "store " .. self.path) end
   local res = table.pack(pcall(fn, self))
@@ -637,7 +646,7 @@ end
 
 local TX_FIELDS = { state = true, revision = true, sale = true, request = true, response = true,
   signature = true, signature_counter = true, transaction_number = true, qr_code_data = true,
-  outage = true, error = true }
+  outage = true, error = true, extra = true }
 
 -- Inserts the write-ahead row of a sale: t = { tx_id, tss_id, client_id, state?, sale?, ... }.
 function Store:journal_insert(t)
@@ -658,6 +667,52 @@ function Store:journal_update(tx_id, fields)
   return true
 end
 
+-- Records fields of a sale (the interface of fiskaly.transaction's journal):
+-- the first record of a tx_id (with tss_id, client_id) inserts its row;
+-- later ones update it. number -> transaction_number; fields without a
+-- column (stage, verified, ...) are merged into the JSON column extra.
+function Store:journal_record(tx_id, fields)
+  local cols, extra = {}, nil
+  for k, v in pairs(fields) do
+    if k == "number" then
+      cols.transaction_number = math.tointeger(tonumber(v)) or v
+    elseif k == "error" then
+      if type(v) == "table" and getmetatable(v) == nil then v = v.message or v.code end
+      cols.error = tostring(v)
+    elseif TX_FIELDS[k] and k ~= "extra" then
+      cols[k] = v
+    elseif k ~= "tx_id" and k ~= "tss_id" and k ~= "client_id" and k ~= "created_at" then
+      extra = extra or {}
+      extra[k] = v
+    end
+  end
+  return self:transaction(function()
+    local row, err = self:journal_get(tx_id)
+    if row == nil then return nil, err end
+    if not row then
+      if type(fields.tss_id) ~= "string" or type(fields.client_id) ~= "string" then
+        error("fiskaly.store.journal_record: the first record of a sale needs tss_id and client_id", 3)
+      end
+      local ok, ierr = self:journal_insert{ tx_id = tx_id, tss_id = fields.tss_id, client_id = fields.client_id,
+        state = cols.state }
+      if not ok then return nil, ierr end
+    end
+    if extra then
+      local merged = (row and row.extra and dec(row.extra)) or {}
+      for k, v in pairs(extra) do merged[k] = v end
+      cols.extra = enc(merged)
+    end
+    if next(cols) == nil then return true end
+    return self:journal_update(tx_id, cols)
+  end)
+end
+
+-- A journal object for fiskaly.transaction.run{ journal = st:journal() }.
+function Store:journal()
+  local st = self
+  return { record = function(_, tx_id, fields) return st:journal_record(tx_id, fields) end }
+end
+
 function Store:journal_get(tx_id)
   return self:_one("SELECT * FROM transactions WHERE tx_id = ?", tx_id)
 end
@@ -669,7 +724,7 @@ function Store:journal_list(filter)
   if filter.state then
     return self:_query("SELECT * FROM transactions WHERE state = ? ORDER BY id", filter.state)
   elseif filter.open then
-    return self:_query("SELECT * FROM transactions WHERE state NOT IN ('FINISHED', 'CANCELLED') ORDER BY id")
+    return self:_query("SELECT * FROM transactions WHERE upper(state) NOT IN ('FINISHED', 'CANCELLED') ORDER BY id")
   end
   return self:_query("SELECT * FROM transactions ORDER BY id")
 end

@@ -342,6 +342,54 @@ function TestStore:test_step_journal_and_records()
   st:close()
 end
 
+function TestStore:test_migration_from_version_1()
+  -- a store as the first release wrote it (schema 1, with data)
+  local path = tmppath()
+  local db = assert(core.store.open(path))
+  assert(db:exec(store._MIGRATIONS[1].sql))
+  assert(db:run("INSERT INTO schema_migrations(version, name, applied_at) VALUES (1, 'initial schema', 0)"))
+  assert(db:run("INSERT INTO transactions(tx_id, tss_id, client_id, state, created_at, updated_at) "
+    .. "VALUES ('tx-old', 't', 'c', 'FINISHED', 0, 0)"))
+  db:close()
+  local st = assert(store.open{ path = path })
+  lu.assertEquals(st:schema_version(), store.SCHEMA_VERSION)
+  lu.assertTrue(store.SCHEMA_VERSION >= 2)
+  local applied = st.db:query("SELECT version FROM schema_migrations ORDER BY version")
+  lu.assertEquals(#applied, store.SCHEMA_VERSION)
+  lu.assertEquals(st:journal_get("tx-old").state, "FINISHED")   -- data kept
+  assert(st:journal_record("tx-old", { stage = "migrated" }))    -- the new column works
+  lu.assertStrContains(st:journal_get("tx-old").extra, "migrated")
+  st:close()
+  -- reopening does not migrate again
+  local st2 = assert(store.open{ path = path })
+  lu.assertEquals(#st2.db:query("SELECT version FROM schema_migrations"), store.SCHEMA_VERSION)
+  st2:close()
+end
+
+function TestStore:test_journal_record_adapter()
+  local st = assert(store.open{ path = tmppath() })
+  local j = st:journal()
+  assert(j:record("tx-9", { state = "intent", tss_id = "tss-1", client_id = "c-1", revision = 0,
+    request = "{}", outage = false, created_at = 1 }))
+  assert(j:record("tx-9", { state = "active", revision = 1, number = 17 }))
+  assert(j:record("tx-9", { state = "finished", revision = 2, number = 17, signature = "c2ln",
+    signature_counter = 42, qr_code_data = "V0;...", verified = true }))
+  local row = st:journal_get("tx-9")
+  lu.assertEquals(row.state, "finished")
+  lu.assertEquals(row.revision, 2)
+  lu.assertEquals(row.transaction_number, 17)
+  lu.assertEquals(row.signature_counter, 42)
+  lu.assertEquals(row.outage, 0)
+  lu.assertStrContains(row.extra, "verified")
+  lu.assertEquals(#st:journal_list{ open = true }, 0)   -- lower-case "finished" is closed
+  assert(j:record("tx-10", { state = "intent", tss_id = "tss-1", client_id = "c-1" }))
+  assert(j:record("tx-10", { state = "outage", outage = true, error = { message = "x" }, stage = "start" }))
+  lu.assertEquals(st:journal_get("tx-10").outage, 1)
+  lu.assertEquals(#st:journal_list{ open = true }, 1)
+  lu.assertErrorMsgContains("tss_id and client_id", j.record, j, "tx-11", { state = "intent" })
+  st:close()
+end
+
 function TestStore:test_readonly_open()
   local path = tmppath()
   local st0, e0 = store.open{ path = path, readonly = true }
