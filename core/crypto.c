@@ -668,6 +668,131 @@ static int crypto_load_key(lua_State *L)
     return 1;
 }
 
+/* ------------------------------------------------------------------ certificates */
+
+/* What certificate_info reports, copied out of the X509 before Lua is touched. */
+typedef struct cert_fields {
+    const fiskaly_curve *curve;
+    unsigned char point[FISKALY_MAX_POINT];
+    size_t point_len;
+    unsigned char spki[256];
+    size_t spki_len;
+    char serial[2 * 64 + 1];           /* hex */
+    char subject[512];                 /* RFC 2253, truncated if longer */
+    char issuer[512];
+    int has_validity;
+    int64_t not_before, not_after;     /* Unix seconds */
+} cert_fields;
+
+/* Reads a PEM or DER certificate; NULL (queue cleared) if it is neither. */
+static X509 *cert_read(const char *data, size_t n)
+{
+    X509 *x = NULL;
+    if (n > 0 && data[0] == 0x30) {
+        const unsigned char *p = (const unsigned char *)data;
+        x = d2i_X509(NULL, &p, (long)n);
+        if (x != NULL && p != (const unsigned char *)data + n) {
+            X509_free(x);
+            x = NULL;
+        }
+    } else {
+        BIO *bio = BIO_new_mem_buf(data, (int)n);
+        if (bio != NULL)
+            x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        BIO_free(bio);
+    }
+    ERR_clear_error();
+    return x;
+}
+
+static void name_to_buf(const X509_NAME *name, char *buf, size_t size)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    int len = 0;
+    if (bio != NULL && X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0)
+        len = BIO_read(bio, buf, (int)size - 1);
+    buf[len > 0 ? len : 0] = 0;
+    BIO_free(bio);
+}
+
+static int time_to_unix(const ASN1_TIME *t, int64_t *out)
+{
+    int days = 0, secs = 0;
+    ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+    int ok = epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t);
+    ASN1_TIME_free(epoch);
+    *out = (int64_t)days * 86400 + secs;
+    return ok;
+}
+
+/* Fills cf from x; returns 0 if the key is not EC on a supported curve. */
+static int cert_extract(X509 *x, cert_fields *cf)
+{
+    EVP_PKEY *pkey = X509_get0_pubkey(x);             /* owned by x */
+    int spki_len;
+    cf->curve = pkey != NULL ? fiskaly_curve_of_pkey(pkey) : NULL;
+    if (cf->curve == NULL || !fiskaly_pkey_point(pkey, cf->point, &cf->point_len)
+        || (spki_len = i2d_PUBKEY(pkey, NULL)) <= 0 || spki_len > (int)sizeof cf->spki)
+        return 0;
+    unsigned char *sp = cf->spki;
+    cf->spki_len = (size_t)i2d_PUBKEY(pkey, &sp);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+    if (hex != NULL && strlen(hex) < sizeof cf->serial)
+        strcpy(cf->serial, hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    name_to_buf(X509_get_subject_name(x), cf->subject, sizeof cf->subject);
+    name_to_buf(X509_get_issuer_name(x), cf->issuer, sizeof cf->issuer);
+    cf->has_validity = time_to_unix(X509_get0_notBefore(x), &cf->not_before)
+                       && time_to_unix(X509_get0_notAfter(x), &cf->not_after);
+    return 1;
+}
+
+/*
+ * certificate_info(pem_or_der) -> { public_key = raw point, public_spki, curve, subject,
+ * issuer, serial (hex), not_before, not_after } | nil, err.  The certificate's own
+ * signature is not checked here (chain validation is a separate step).
+ */
+static int crypto_certificate_info(lua_State *L)
+{
+    size_t n;
+    const char *data = luaL_checklstring(L, 1, &n);
+    luaL_argcheck(L, n <= 0x100000, 1, "certificate too long");
+    cert_fields *cf = lua_newuserdatauv(L, sizeof *cf, 0);    /* plain memory, owned by Lua */
+    memset(cf, 0, sizeof *cf);
+    X509 *x = cert_read(data, n);
+    int ok = x != NULL && cert_extract(x, cf);
+    X509_free(x);
+    ERR_clear_error();
+    if (!ok) {
+        lua_pushnil(L);
+        lua_pushstring(L, x == NULL ? "certificate_info: not a PEM or DER X.509 certificate"
+                                    : "certificate_info: not an EC key on a supported curve");
+        return 2;
+    }
+    lua_createtable(L, 0, 8);
+    lua_pushlstring(L, (const char *)cf->point, cf->point_len);
+    lua_setfield(L, -2, "public_key");
+    lua_pushlstring(L, (const char *)cf->spki, cf->spki_len);
+    lua_setfield(L, -2, "public_spki");
+    lua_pushstring(L, cf->curve->name);
+    lua_setfield(L, -2, "curve");
+    lua_pushstring(L, cf->serial);
+    lua_setfield(L, -2, "serial");
+    lua_pushstring(L, cf->subject);
+    lua_setfield(L, -2, "subject");
+    lua_pushstring(L, cf->issuer);
+    lua_setfield(L, -2, "issuer");
+    if (cf->has_validity) {
+        lua_pushinteger(L, (lua_Integer)cf->not_before);
+        lua_setfield(L, -2, "not_before");
+        lua_pushinteger(L, (lua_Integer)cf->not_after);
+        lua_setfield(L, -2, "not_after");
+    }
+    return 1;
+}
+
 /* verify(pubkey, msg, sig, hash) -> true, curve | false, reason */
 static int crypto_verify(lua_State *L)
 {
@@ -728,6 +853,7 @@ static const luaL_Reg crypto_funcs[] = {
     { "generate_key", crypto_generate_key },
     { "load_key", crypto_load_key },
     { "verify", crypto_verify },
+    { "certificate_info", crypto_certificate_info },
     { NULL, NULL },
 };
 

@@ -147,6 +147,27 @@ function TestKey.test_pem_roundtrip_and_certificate()
   lu.assertNil(v); lu.assertStrContains(err, "load_key")
 end
 
+function TestKey.test_certificate_info()
+  for _, name in ipairs(CURVES) do
+    local k <close> = c.generate_key(name)
+    local pem = k:certificate("TSE öäü, test", 30)
+    local info = assert(c.certificate_info(pem))
+    lu.assertEquals(info.public_key, k:public_point())
+    lu.assertEquals(info.public_spki, k:public_spki())
+    lu.assertEquals(info.curve, name)
+    lu.assertEquals(info.subject, "CN=TSE öäü\\, test")
+    lu.assertEquals(info.issuer, info.subject)
+    lu.assertEquals(info.not_after - info.not_before, 30 * 86400)
+    lu.assertTrue(math.abs(info.not_before - os.time()) < 3600)
+    lu.assertStrMatches(info.serial, "%x+")
+    local der = assert(c.b64decode((pem:gsub("%-%-%-%-%-[%u ]+%-%-%-%-%-", ""):gsub("%s", ""))))
+    lu.assertEquals(assert(c.certificate_info(der)).public_key, k:public_point())
+    local v, err = c.certificate_info(der .. "\0")
+    lu.assertNil(v); lu.assertStrContains(err, "not a PEM or DER")
+  end
+  lu.assertNil((c.certificate_info("junk")))
+end
+
 function TestKey.test_close_and_tostring()
   local k = c.generate_key("P-256")
   local pem = k:private_pem()

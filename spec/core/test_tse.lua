@@ -448,4 +448,149 @@ function TestVerifyTransaction.test_sandbox_transaction()
   if not ok then error(err, 0) end
 end
 
+-- ---------------------------------------------------------------- TAR exports
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p '" .. d .. "'"))
+  return d
+end
+
+local function write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- A TSE export directory: one certificate and `n` signed Start/Finish logs.
+local function make_export(key, n, dir)
+  local serial = c.sha256(key:public_point())
+  write(dir .. "/" .. c.hex(serial) .. "_X509.pem", key:certificate("export test TSE", 30))
+  write(dir .. "/info.csv", '"description:","spec","manufacturer:","lua-fiskaly","version:","test"\n')
+  local logs = {}
+  for i = 1, n do
+    local t = {
+      operation_type = i % 2 == 1 and "StartTransaction" or "FinishTransaction", client_id = "till-1",
+      process_type = i % 2 == 1 and nil or "Kassenbeleg-V1", process_data = i % 2 == 1 and "" or "Beleg^1.00_0.00_0.00_0.00_0.00^1.00:Bar",
+      transaction_number = (i + 1) // 2, signature_counter = i, log_time = 1700000000 + i,
+      sig_alg = alg_of(key:curve()), serial_number = serial,
+    }
+    t.signature = key:sign((tse.log_message(t)))
+    local _, full = tse.log_message(t)
+    local name = string.format("Unixt_%d_Sig-%d_Log-Tra_No-%d_%s_Client-till-1.log", t.log_time, i,
+      t.transaction_number, i % 2 == 1 and "Start" or "Finish")
+    write(dir .. "/" .. name, full)
+    logs[i] = name
+  end
+  return logs
+end
+
+local function tar(dir, format)
+  local out = dir .. ".tar"
+  assert(os.execute(string.format("tar --format=%s -cf '%s' -C '%s' .", format, out, dir)))
+  return out
+end
+
+TestExport = {}
+function TestExport.test_valid_exports_in_every_tar_format()
+  for _, format in ipairs { "gnu", "ustar", "pax" } do
+    for _, curve in ipairs { "P-256", "P-384" } do
+      local key <close> = c.generate_key(curve)
+      local dir = tmpdir()
+      make_export(key, 6, dir)
+      local r = verify.export(tar(dir, format))
+      lu.assertTrue(r.valid, format .. " " .. curve .. ": " .. tostring(r.reason))
+      lu.assertEquals(r.counts.total, 6)
+      lu.assertEquals(r.counts.valid, 6)
+      lu.assertEquals(r.counts.transaction, 6)
+      lu.assertEquals(#r.certificates, 1)
+      lu.assertEquals(r.certificates[1].serial_number, c.hex(c.sha256(key:public_point())))
+      lu.assertEquals(#r.gaps, 0)
+      for _, m in ipairs(r.messages) do lu.assertEquals(m.curve, curve) end
+      os.execute("rm -rf '" .. dir .. "' '" .. dir .. ".tar'")
+    end
+  end
+end
+
+function TestExport.test_tampered_missing_and_foreign_logs_are_reported()
+  local key <close> = c.generate_key("brainpoolP256r1")
+  local dir = tmpdir()
+  local logs = make_export(key, 8, dir)
+  -- tamper one message's processData, drop counters 5 and 6, add a log from a TSE without certificate
+  local f = assert(io.open(dir .. "/" .. logs[4], "rb")); local data = f:read("a"); f:close()
+  write(dir .. "/" .. logs[4], (data:gsub("Beleg%^1%.00", "Beleg^9.00", 1)))
+  os.remove(dir .. "/" .. logs[5]); os.remove(dir .. "/" .. logs[6])
+  local other <close> = c.generate_key("P-256")
+  assert(os.execute("mkdir -p '" .. dir .. "/other'"))
+  make_export(other, 1, dir .. "/other")
+  for name in io.popen("ls '" .. dir .. "/other'"):lines() do
+    if name:match("%.pem$") then os.remove(dir .. "/other/" .. name) end
+  end
+  local path = tar(dir, "gnu")
+  local r = verify.export(path)
+  lu.assertFalse(r.valid)
+  lu.assertEquals(r.code, "INVALID_MESSAGES")
+  lu.assertEquals(r.counts.total, 7)
+  lu.assertEquals(r.counts.invalid, 2)
+  local by_name = {}
+  for _, m in ipairs(r.messages) do by_name[m.name:match("[^/]*$")] = m end
+  lu.assertEquals(by_name[logs[4]].code, "SIGNATURE_MISMATCH")
+  lu.assertEquals(by_name[logs[3]].valid, true)
+  local foreign = 0
+  for _, m in ipairs(r.messages) do if m.code == "NO_CERTIFICATE" then foreign = foreign + 1 end end
+  lu.assertEquals(foreign, 1)
+  lu.assertEquals(#r.gaps, 1)
+  lu.assertEquals(r.gaps[1].from, 5); lu.assertEquals(r.gaps[1].to, 6)
+  -- the CLI: exit 1, one FAIL line per bad message, the gap, and JSON
+  local cli = assert(os.getenv("FISKALY_CLI"))
+  local p = io.popen(cli .. " verify --export '" .. path .. "'")
+  local out = p:read("a")
+  local _, _, code = p:close()
+  lu.assertEquals(code, 1)
+  lu.assertStrContains(out, "FAIL  ./" .. logs[4] .. ": signature mismatch")
+  lu.assertStrContains(out, "signature counters 5 to 6 missing")
+  lu.assertStrContains(out, "INVALID: 5 of 7 log messages verified")
+  os.execute("rm -rf '" .. dir .. "' '" .. path .. "'")
+end
+
+function TestExport.test_gaps_alone_and_allow_gaps()
+  local key <close> = c.generate_key("P-256")
+  local dir = tmpdir()
+  local logs = make_export(key, 4, dir)
+  os.remove(dir .. "/" .. logs[2])
+  local path = tar(dir, "ustar")
+  local r = verify.export(path)
+  lu.assertFalse(r.valid); lu.assertEquals(r.code, "COUNTER_GAP")
+  lu.assertTrue(verify.export(path, { allow_gaps = true }).valid)
+  local cli = assert(os.getenv("FISKALY_CLI"))
+  local p = io.popen(cli .. " verify --json --allow-gaps --export '" .. path .. "'")
+  local doc = assert(require("fiskaly.json").decode(p:read("a")))
+  local _, _, code = p:close()
+  lu.assertEquals(code, 0); lu.assertTrue(doc.valid); lu.assertEquals(doc.counts.valid, 3)
+  os.execute("rm -rf '" .. dir .. "' '" .. path .. "'")
+end
+
+function TestExport.test_broken_archives()
+  local dir = tmpdir()
+  local key <close> = c.generate_key("P-256")
+  make_export(key, 2, dir)
+  local path = tar(dir, "gnu")
+  local f = assert(io.open(path, "rb")); local blob = f:read("a"); f:close()
+  write(path, blob:sub(1, 700))
+  lu.assertEquals(verify.export(path).code, "MALFORMED_TAR")
+  write(path, "x" .. blob:sub(2))
+  lu.assertEquals(verify.export(path).code, "MALFORMED_TAR")
+  write(path, "")
+  lu.assertEquals(verify.export(path).code, "MALFORMED_TAR")
+  lu.assertEquals(verify.export(dir .. "/missing.tar").code, "IO_ERROR")
+  os.execute("rm -rf '" .. dir .. "'")
+  dir = tmpdir()
+  write(dir .. "/readme.txt", "no logs")
+  path = tar(dir, "gnu")
+  lu.assertEquals(verify.export(path).code, "EMPTY_EXPORT")
+  os.execute("rm -rf '" .. dir .. "' '" .. path .. "'")
+  lu.assertError(verify.export, nil)
+end
+
 os.exit(lu.LuaUnit.run())
