@@ -437,6 +437,18 @@ local function admin_login(ctx, tss_id, j)
   fail(err)
 end
 
+-- Runs an admin operation; if the service no longer sees our admin session
+-- (a new token after expiry has a new session: 403 E_ACCESS_DENIED), logs in
+-- again once and repeats it.
+local function as_admin(ctx, T, fn)
+  local res, err = fn()
+  if res == nil and T.admin and status_of(err) == 403 then
+    admin_login(ctx, T.id, { intent = function() end, applied = function() end })
+    res, err = fn()
+  end
+  return res, err
+end
+
 local function step_admin_auth(ctx, T, needed)
   run_step(ctx, T.scope, "admin_auth", function(j)
     if not needed then return "skip", "no admin operation pending" end
@@ -454,7 +466,7 @@ local function step_initialize(ctx, T)
     end
     j.intent({ tss_id = T.id, to = "INITIALIZED" })
     local t, err = with_retry(3, function()
-      return ctx.sign.sign:update_tss(T.id, { state = "INITIALIZED" })
+      return as_admin(ctx, T, function() return ctx.sign.sign:update_tss(T.id, { state = "INITIALIZED" }) end)
     end)
     if not t then
       local r = remote_tss(ctx, T.id)
@@ -487,7 +499,9 @@ local function client_create(ctx, T, serial)
     end
     local how = "found again"
     if not r then
-      local created, cerr = ctx.sign.sign:create_client(T.id, c.client_id, { serial_number = serial })
+      local created, cerr = as_admin(ctx, T, function()
+        return ctx.sign.sign:create_client(T.id, c.client_id, { serial_number = serial })
+      end)
       if not created and status_of(cerr) == 409 then
         created = try(ctx.sign.sign:get_client(T.id, c.client_id))
       elseif not created then
@@ -710,7 +724,7 @@ M.disable_tss = protect(function(opts)
     step_admin_auth(ctx, T, true)
     local ok, e = pcall(run_step, ctx, T.scope, "tss_disable", function(j)
       j.intent({ tss_id = T.id, to = "DISABLED" })
-      local r, err = ctx.sign.sign:update_tss(T.id, { state = "DISABLED" })
+      local r, err = as_admin(ctx, T, function() return ctx.sign.sign:update_tss(T.id, { state = "DISABLED" }) end)
       if not r then
         local back = remote_tss(ctx, T.id)
         if not (back and back.state == "DISABLED") then fail(err) end
@@ -761,7 +775,9 @@ M.deactivate_client = protect(function(opts)
     step_admin_auth(ctx, T, true)
     run_step(ctx, T.scope, "client_update", function(j)
       j.intent({ client_id = c.client_id, to = want })
-      local r = try(ctx.sign.sign:update_client(c.tss_id, c.client_id, { state = want }))
+      local r = try(as_admin(ctx, T, function()
+        return ctx.sign.sign:update_client(c.tss_id, c.client_id, { state = want })
+      end))
       j.applied()
       try(ctx.st:client_set_state(c.client_id, r.state or want))
       return "done", "client " .. short(c.client_id) .. " " .. tostring(r.state or want)

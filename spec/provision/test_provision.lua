@@ -250,6 +250,36 @@ function TestProvision:test_service_error_stops_and_resumes()
   H.rmdir(dir)
 end
 
+function TestProvision:test_new_token_mid_flow_loses_admin_session()
+  -- right after the admin login the SIGN DE client drops its token: the next
+  -- call authenticates afresh (a new session without the admin login, 403),
+  -- provisioning logs in as admin again and goes on
+  local opts, events, dir = setup{ serial_number = "POS-1" }
+  local real = H.hub_client(h)
+  local captured
+  opts.client = setmetatable({
+    with_credentials = function(_, k, sec)
+      captured = real:with_credentials(k, sec)
+      return captured
+    end,
+  }, { __index = real })
+  local dropped = 0
+  opts.on_step = function(ev)
+    events[#events + 1] = ev
+    if ev.step == "admin_auth" and ev.status == "done" then
+      captured.sign:forget_token()
+      dropped = dropped + 1
+    end
+  end
+  local res = assert(provision.run(opts))
+  lu.assertEquals(dropped, 1)
+  lu.assertTrue(captured.sign:auth_count() >= 2)
+  lu.assertEquals(res.tss[1].state, "INITIALIZED")
+  lu.assertEquals(res.tss[1].clients[1].state, "REGISTERED")
+  opts.store:close()
+  H.rmdir(dir)
+end
+
 function TestProvision:test_random_pin()
   local seen = {}
   for _ = 1, 50 do
