@@ -6,7 +6,7 @@
  * mutex.  The API logic is Lua (sandbox/server.lua and its modules).  For each
  * request the host collects the body, locks, calls the Lua handler with
  *   { method=, path=, query={name=value}, query_list={{name,value},...},
- *     headers={lowercased name=value}, body= }
+ *     headers={lowercased name=value}, body=, received_ms=, body_too_large=? }
  * and copies the returned response table
  *   { status=, headers={name=value}, body=, delay_ms=?, drop=? }
  * out of Lua before it unlocks.  delay_ms is slept outside the lock (each
@@ -72,6 +72,7 @@ typedef struct sandbox_request {
     char *body;
     size_t len, cap;
     int too_large;
+    long long received_ms;      /* wall clock (ms since the epoch) when the headers arrived */
 } sandbox_request;
 
 /* A key/value pair this program allocated. */
@@ -99,6 +100,7 @@ typedef struct sandbox_exchange {
     const char *body;
     size_t body_len;
     int too_large;              /* the body was over SANDBOX_MAX_BODY and dropped */
+    long long received_ms;
     kv_list *headers;
     kv_list *query;
     sandbox_response *resp;
@@ -220,6 +222,8 @@ static int exchange_call(lua_State *L)
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "body_too_large");
     }
+    lua_pushinteger(L, (lua_Integer)ex->received_ms);
+    lua_setfield(L, -2, "received_ms");
 
     lua_createtable(L, 0, (int)ex->headers->n);
     for (size_t i = 0; i < ex->headers->n; i++) {
@@ -367,9 +371,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
 
     if (!req) {                                      /* first call: headers only */
+        struct timespec now;
         req = calloc(1, sizeof *req);
         if (!req)
             return MHD_NO;
+        clock_gettime(CLOCK_REALTIME, &now);
+        req->received_ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
         *con_cls = req;
         return MHD_YES;
     }
@@ -412,6 +419,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     ex.body = req->too_large ? NULL : req->body;
     ex.body_len = req->too_large ? 0 : req->len;
     ex.too_large = req->too_large;
+    ex.received_ms = req->received_ms;
     ex.headers = &headers;
     ex.query = &query;
     ex.resp = &resp;

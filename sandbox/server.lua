@@ -3,7 +3,9 @@
 -- server.new(opts) returns handler, credentials.  handler(req) takes
 --   { method, path, query = {name = first value}, query_list = {{name, value}, ...},
 --     headers = {lowercased name = value}, body = string,
---     body_too_large = true? (the body was over 1 MB and dropped by the host) }
+--     body_too_large = true? (the body was over 1 MB and dropped by the host),
+--     received_ms = wall-clock milliseconds when the request arrived (system clock,
+--                   without the /_sandbox/clock offset) }
 -- and returns the response the C host sends:
 --   { status = int, headers = {name = value}, body = string,
 --     delay_ms = int?  -- the host sleeps this long (outside the Lua lock) before answering
@@ -41,7 +43,7 @@ end
 
 -- The sandbox's own control endpoints (for tests; see docs/sandbox.md).
 local function control_routes(r)
-  r("GET", "^/_sandbox/state$", function(ctx)
+  r("GET", "^/_sandbox/state$", function(ctx, req)
     local st = ctx.state
     local orgs, keys = json.array{}, json.array{}
     for _, id in ipairs(st.org_order) do
@@ -59,7 +61,7 @@ local function control_routes(r)
       if t.expires_at > now then live = live + 1 end
     end
     return 200, {
-      time = now, clock_offset_seconds = ctx.clock_offset,
+      time = now, clock_offset_seconds = ctx.clock_offset, received_ms = req.received_ms,
       organizations = orgs, api_keys = keys, valid_access_tokens = live,
       tss = sign_de.summary(ctx),
     }

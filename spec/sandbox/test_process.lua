@@ -50,8 +50,13 @@ local function stop_with(sig)
   lu.assertEquals(listen, { "0100007F" })
   -- it serves
   local http = core.http.session{}
+  local before = os.time()
   local r = assert(http:request{ method = "GET", url = url .. "/_sandbox/state" })
   lu.assertEquals(r.status, 200)
+  -- the host stamps each request with its arrival time in milliseconds
+  local ms = math.tointeger(require("fiskaly.json").decode(r.body).received_ms)
+  lu.assertNotNil(ms)
+  lu.assertTrue(ms >= (before - 1) * 1000 and ms <= (os.time() + 1) * 1000, tostring(ms))
   http:close()
   os.execute("kill -" .. sig .. " " .. pid)
   local rest = p:read("a")
