@@ -32,7 +32,9 @@ local Error = { __name = "fiskaly.receipt.Error" }
 Error.__index = Error
 Error.__tostring = function(e)
   local head = e.plugin and fmt("plugin %q: ", e.plugin) or ""
-  return head .. (e.field and (e.field .. ": ") or "") .. e.message
+  -- validation messages are relative to their field; plugin messages stand alone
+  local field = (e.kind == "validation" and e.field) and (e.field .. ": ") or ""
+  return head .. field .. e.message
 end
 
 -- kind: "plugin" (the plugin cannot be loaded or its code failed) or
@@ -552,29 +554,28 @@ function Engine:map(name, sale, conf)
   end
   local cfg, cerrs = schema_mod.validate(p.schema, conf, invoke)
   if not cfg then
-    for _, e in ipairs(cerrs) do e.field = "conf." .. e.field:gsub("^conf%.?", "") end
-    for _, e in ipairs(cerrs) do if e.field == "conf." then e.field = "conf" end end
+    for _, e in ipairs(cerrs) do
+      if e.field ~= "conf" then e.field = "conf." .. e.field end
+    end
     return nil, errors_error(name, cerrs)
   end
   local logbuf = {}
   local api = make_api(name, logbuf)
-  local n_ok, draft, extra, reason = nil, nil, nil, nil
-  do
-    local res = table.pack(p.box:call(p.handler.map, deep_copy(sale), cfg, api))
-    n_ok, draft, reason = res[1], res[2], res[3]
-    if n_ok then
-      extra = res.n
-    end
+  p.box.log = function(m)                -- print() in the plugin lands in result.log
+    if #logbuf < 100 then logbuf[#logbuf + 1] = string.sub(m, 1, 500) end
   end
-  if not n_ok then
-    return nil, new_error("plugin", name, nil, "map failed: " .. tostring(draft)
-      .. (reason == "limit" and "" or ""))
+  local res = table.pack(p.box:call(p.handler.map, deep_copy(sale), cfg, api))
+  if not res[1] then
+    local e = new_error("plugin", name, nil, "map failed: " .. tostring(res[2]))
+    e.reason = res[3]                    -- "limit" (budget or memory) or "error"
+    return nil, e
   end
+  local draft = res[2]
   if type(draft) ~= "table" then
     return nil, new_error("plugin", name, nil, fmt("map returned %s, expected a table", type(draft)))
   end
-  if extra > 2 then
-    return nil, new_error("plugin", name, nil, fmt("map returned %d values, expected one table", extra - 1))
+  if res.n > 2 then
+    return nil, new_error("plugin", name, nil, fmt("map returned %d values, expected one table", res.n - 1))
   end
   local copy, cerr = raw_copy(draft, false, "receipt")
   if not copy then return nil, new_error("plugin", name, nil, "map returned an invalid value: " .. cerr) end
