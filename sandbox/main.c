@@ -602,7 +602,7 @@ int main(int argc, char **argv)
     const union MHD_DaemonInfo *info;
     struct sockaddr_in addr;
     sigset_t sigs;
-    int sig = 0, creds;
+    int sig = 0, creds_ref, creds;
 
     if (!parse_options(argc, argv, &opt))
         return 2;
@@ -646,8 +646,8 @@ int main(int argc, char **argv)
         pthread_mutex_destroy(&srv.stop_lock);
         return 1;
     }
-    creds = lua_gettop(srv.L);
-    lua_pushvalue(srv.L, creds - 1);
+    /* Both results go to the registry: request threads reset the stack. */
+    creds_ref = luaL_ref(srv.L, LUA_REGISTRYINDEX);
     srv.handler_ref = luaL_ref(srv.L, LUA_REGISTRYINDEX);
     pthread_mutex_init(&srv.lock, NULL);
 
@@ -671,8 +671,9 @@ int main(int argc, char **argv)
     }
     info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
 
-    /* The credentials are read before any request can touch the state. */
     pthread_mutex_lock(&srv.lock);
+    lua_rawgeti(srv.L, LUA_REGISTRYINDEX, creds_ref);
+    creds = lua_gettop(srv.L);
     printf("FISKALY_BASE_URL=http://127.0.0.1:%u\n", info ? (unsigned)info->port : opt.port);
     printf("FISKALY_API_KEY=%s\n", cred(srv.L, creds, "api_key"));
     printf("FISKALY_API_SECRET=%s\n", cred(srv.L, creds, "api_secret"));
@@ -680,6 +681,7 @@ int main(int argc, char **argv)
     printf("FISKALY_SANDBOX_PID=%ld\n", (long)getpid());
     fflush(stdout);
     lua_settop(srv.L, 0);
+    luaL_unref(srv.L, LUA_REGISTRYINDEX, creds_ref);
     pthread_mutex_unlock(&srv.lock);
 
     while (sigwait(&sigs, &sig) != 0)
