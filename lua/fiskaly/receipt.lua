@@ -403,11 +403,14 @@ local function check_draft(d)
       local cur = p.currency == nil and "EUR" or p.currency
       if not sv1.is_currency(cur) then
         fail(path .. ".currency", "expected a 3-letter ISO 4217 code"); ok = false
+        cur = nil
       else
         cur = cur:upper()
       end
       local base = p.base_amount
-      if cur == "EUR" then
+      if cur == nil then
+        base = nil
+      elseif cur == "EUR" then
         if base ~= nil and base ~= p.amount then
           fail(path .. ".base_amount", "must equal amount for EUR payments"); ok = false
         end

@@ -161,11 +161,11 @@ local function make_libs(box)
   T.concat = function(t, sep, i, j)
     if type(t) == "table" then
       i = i or 1
-      j = j or rawlen(t)
+      j = j or #t                              -- may run a plugin __len (under the hook)
       local size, seplen = 0, type(sep) == "string" and #sep or 0
       if math.type(i) == "integer" and math.type(j) == "integer" then
         for k = i, j do
-          local v = rawget(t, k)
+          local v = t[k]
           if type(v) == "string" then size = size + #v + seplen else size = size + 24 end
         end
       end
