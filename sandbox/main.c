@@ -336,8 +336,10 @@ static void server_dispatch(sandbox_exchange *ex)
     lua_pushlightuserdata(L, ex);
     rc = lua_pcall(L, 1, 0, 0);
     if (rc != LUA_OK) {
-        if (srv->verbose)
-            fprintf(stderr, "fiskaly-sandbox: handler error: %s\n", lua_tostring(L, -1));
+        if (srv->verbose) {
+            const char *m = lua_tostring(L, -1);
+            fprintf(stderr, "fiskaly-sandbox: handler error: %s\n", m ? m : "(not a string)");
+        }
         lua_pop(L, 1);
     }
     lua_settop(L, 0);
@@ -640,7 +642,8 @@ int main(int argc, char **argv)
     lua_pushcfunction(srv.L, setup_lua);
     lua_pushlightuserdata(srv.L, &opt);
     if (lua_pcall(srv.L, 1, 2, 0) != LUA_OK) {
-        fprintf(stderr, "fiskaly-sandbox: %s\n", lua_tostring(srv.L, -1));
+        const char *m = lua_tostring(srv.L, -1);
+        fprintf(stderr, "fiskaly-sandbox: %s\n", m ? m : "start-up failed");
         lua_close(srv.L);
         pthread_cond_destroy(&srv.stop_cond);
         pthread_mutex_destroy(&srv.stop_lock);
