@@ -193,11 +193,17 @@ end
 --   signature_counter, serial_number, curve} }, certificates, gaps, repeats, counts }.
 function M.export(path, opts)
   if type(path) ~= "string" then error("fiskaly.verify.export: path string expected", 2) end
-  opts = opts or {}
   local f, ferr = io.open(path, "rb")
   if not f then return { valid = false, code = "IO_ERROR", reason = ferr } end
   local blob = f:read("a")
   f:close()
+  return M.export_bytes(blob, opts)
+end
+
+-- Like export, for the archive's bytes.
+function M.export_bytes(blob, opts)
+  if type(blob) ~= "string" then error("fiskaly.verify.export_bytes: string expected", 2) end
+  opts = opts or {}
   local entries, terr = tar_entries(blob)
   if not entries then return { valid = false, code = "MALFORMED_TAR", reason = terr } end
   local keys, certificates = export_certificates(entries)
