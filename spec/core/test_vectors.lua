@@ -200,4 +200,19 @@ function TestVectors.test_qr_vectors_through_the_cli()
   lu.assertTrue(n >= 30)
 end
 
+function TestVectors.test_cli_usage_errors_exit_2()
+  lu.assertNotNil(CLI, "FISKALY_CLI not set")
+  for _, args in ipairs { "", "--qr", "--json", "--qr x --export y", "--bogus" } do
+    local p = assert(io.popen(CLI .. " verify " .. args .. " 2>&1"))
+    local out = p:read("a")
+    local _, _, code = p:close()
+    lu.assertEquals(code, 2, args)
+    lu.assertStrContains(out, "usage: fiskaly verify")
+  end
+  local p = assert(io.popen(CLI .. " verify --help"))
+  lu.assertStrContains(p:read("a"), "Exit status: 0 valid, 1 invalid, 2 usage error")
+  local _, _, code = p:close()
+  lu.assertEquals(code, 0)
+end
+
 os.exit(lu.LuaUnit.run())
