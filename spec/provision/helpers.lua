@@ -82,7 +82,9 @@ function M.config(h, dir, extra)
       country_code = "DEU" },
     serial_number = "POS-001",
   }
-  for k, v in pairs(extra or {}) do cfg[k] = v end
+  for k, v in pairs(extra or {}) do
+    if v == false then cfg[k] = nil else cfg[k] = v end
+  end
   local path = dir .. "/config.json"
   M.write_file(path, assert(json.encode(cfg)))
   return path, cfg

@@ -138,4 +138,115 @@ function TestCrash:test_chain_of_kills()
   H.rmdir(dir)
 end
 
+-- Two TSS with two clients each: kill at the second occurrence of every
+-- per-TSS call point (the second TSS) and at every later client.
+function TestCrash:test_several_tss_and_clients()
+  local points = {}
+  for _, step in ipairs{ "tss_create", "tss_personalize", "admin_pin", "admin_auth", "tss_initialize",
+      "admin_logout" } do
+    for _, p in ipairs{ "before_request", "after_request" } do points[#points + 1] = step .. ":" .. p .. "#2" end
+  end
+  for n = 2, 4 do
+    for _, p in ipairs{ "before_request", "after_request" } do points[#points + 1] = "client_create:" .. p .. "#" .. n end
+  end
+  local tss_cfg = { { label = "front", clients = { "POS-1", "POS-2" } }, { label = "back", clients = { "POS-3", "POS-4" } } }
+  for _, point in ipairs(points) do
+    local h = H.start_sandbox()
+    local dir = H.tmpdir()
+    local cfg = H.config(h, dir, { serial_number = false, tss = tss_cfg })
+    local how, code, out = H.run_cli(h, { "provision", "--config", cfg }, { FISKALY_TEST_CRASH_AT = point }, dir)
+    lu.assertEquals(how .. ":" .. tostring(code), "signal:9", point .. ":\n" .. out)
+    how, code, out = H.run_cli(h, { "provision", "--config", cfg }, nil, dir)
+    lu.assertEquals(how .. ":" .. tostring(code), "exit:0", point .. ":\n" .. out)
+    local state = H.sandbox_state(h)
+    local orgs = H.managed_orgs(state, h.organization_id)
+    lu.assertEquals(#orgs, 1, point)
+    local tss = H.tss_of(state, orgs[1].id)
+    lu.assertEquals(#tss, 2, point)
+    local st = assert(store.open{ path = dir .. "/terminal.db" })
+    local key = assert(st:api_key_active(st:orgs()[1].name))
+    local sign = H.hub_client(h):with_credentials(key.api_key, key.secret).sign
+    for _, t in ipairs(tss) do
+      lu.assertEquals(t.state, "INITIALIZED", point)
+      lu.assertEquals(#t.clients, 2, point)
+      assert(sign:admin_auth(t.id, assert(st:get_secret("tss", t.id, "admin_pin"))))
+      assert(sign:admin_logout(t.id))
+    end
+    st:close()
+    h.stop()
+    H.rmdir(dir)
+  end
+end
+
+-- Operations after setup, killed before the request and after the service
+-- applied it; rerunning the same command completes it exactly once.
+function TestCrash:test_operations()
+  local h = H.start_sandbox()
+  local dir = H.tmpdir()
+  local cfg = H.config(h, dir)
+  local function cli(args, crash)
+    local a = { "provision" }
+    for _, x in ipairs(args) do a[#a + 1] = x end
+    a[#a + 1] = "--config"
+    a[#a + 1] = cfg
+    return H.run_cli(h, a, crash and { FISKALY_TEST_CRASH_AT = crash } or nil, dir)
+  end
+  assert(select(2, cli({})) == 0)
+  local st = assert(store.open{ path = dir .. "/terminal.db" })
+  local org = st:orgs()[1]
+  local tss_id = st:tss_list(org.name)[1].tss_id
+  st:close()
+  local function sign_and_store()
+    local s = assert(store.open{ path = dir .. "/terminal.db" })
+    local key = assert(s:api_key_active(org.name))
+    return H.hub_client(h):with_credentials(key.api_key, key.secret).sign, s
+  end
+  local function remote_tss()
+    for _, t in ipairs(H.sandbox_state(h).tss) do if t.id == tss_id then return t end end
+  end
+  for _, p in ipairs{ "before_request", "after_request" } do
+    -- change-pin
+    local how, code, out = cli({ "change-pin", "--tss", "default" }, "admin_pin:" .. p)
+    lu.assertEquals(how .. code, "signal9", out)
+    how, code, out = cli({ "change-pin", "--tss", "default" })
+    lu.assertEquals(how .. code, "exit0", out)
+    local sign, s = sign_and_store()
+    lu.assertFalse(s:get_secret("tss", tss_id, "pending_pin"))
+    assert(sign:admin_auth(tss_id, assert(s:get_secret("tss", tss_id, "admin_pin"))), p)
+    assert(sign:admin_logout(tss_id))
+    s:close()
+    -- add-client
+    local serial = "POS-ADD-" .. p:sub(1, 1)
+    how, code, out = cli({ "add-client", "--tss", "default", "--serial", serial }, "client_create:" .. p)
+    lu.assertEquals(how .. code, "signal9", out)
+    how, code, out = cli({ "add-client", "--tss", "default", "--serial", serial })
+    lu.assertEquals(how .. code, "exit0", out)
+    local n = 0
+    for _, c in ipairs(remote_tss().clients) do if c.serial_number == serial then n = n + 1 end end
+    lu.assertEquals(n, 1, serial)
+    -- deactivate-client
+    _, s = sign_and_store()
+    local cid = s:client_by_serial(tss_id, serial).client_id
+    s:close()
+    how, code, out = cli({ "deactivate-client", "--client", cid }, "client_update:" .. p)
+    lu.assertEquals(how .. code, "signal9", out)
+    how, code, out = cli({ "deactivate-client", "--client", cid })
+    lu.assertEquals(how .. code, "exit0", out)
+    for _, c in ipairs(remote_tss().clients) do
+      if c.id == cid then lu.assertEquals(c.state, "DEREGISTERED") end
+    end
+  end
+  -- disable-tss, killed after the service applied it
+  local how, code, out = cli({ "disable-tss", "--tss", tss_id }, "tss_disable:after_request")
+  lu.assertEquals(how .. code, "signal9", out)
+  lu.assertEquals(remote_tss().state, "DISABLED")
+  how, code, out = cli({ "disable-tss", "--tss", tss_id })
+  lu.assertEquals(how .. code, "exit0", out)
+  local s = assert(store.open{ path = dir .. "/terminal.db" })
+  lu.assertEquals(s:tss_get(tss_id).state, "DISABLED")
+  s:close()
+  h.stop()
+  H.rmdir(dir)
+end
+
 os.exit(lu.LuaUnit.run())
