@@ -147,6 +147,20 @@ function TestKey.test_pem_roundtrip_and_certificate()
   lu.assertNil(v); lu.assertStrContains(err, "load_key")
 end
 
+-- SPKI prefixes from shared/reference/tse-signature.md section 3.
+function TestKey.test_spki_matches_reference_prefixes()
+  local prefixes = {
+    ["P-256"] = "3059301306072a8648ce3d020106082a8648ce3d030107034200",
+    brainpoolP256r1 = "305a301406072a8648ce3d020106092b2403030208010107034200",
+    ["P-384"] = "3076301006072a8648ce3d020106052b81040022036200",
+    brainpoolP384r1 = "307a301406072a8648ce3d020106092b240303020801010b036200",
+  }
+  for _, name in ipairs(CURVES) do
+    local k <close> = c.generate_key(name)
+    lu.assertEquals(k:public_spki(), c.unhex(prefixes[name]) .. k:public_point(), name)
+  end
+end
+
 function TestKey.test_certificate_info()
   for _, name in ipairs(CURVES) do
     local k <close> = c.generate_key(name)
