@@ -103,6 +103,31 @@ local function deep_copy(v)
   return c
 end
 
+-- Copies host input (the sale) for the plugin: plain data only (metatables
+-- dropped), at most 32 levels and 200000 values, no cycles.
+local function copy_input(v, path, st)
+  local tv = type(v)
+  if tv == "string" or tv == "number" or tv == "boolean" then return v end
+  if tv ~= "table" then return nil, fmt("%s: %s values are not allowed", path, tv) end
+  st.n = st.n + 1
+  if st.n > 200000 then return nil, "sale: too large" end
+  if st.seen[v] then return nil, fmt("%s: cyclic table", path) end
+  if st.depth >= 32 then return nil, fmt("%s: nested too deeply", path) end
+  st.seen[v], st.depth = true, st.depth + 1
+  local c = {}
+  for k, x in next, v do
+    local tk = type(k)
+    if tk ~= "string" and tk ~= "number" then
+      return nil, fmt("%s: %s keys are not allowed", path, tk)
+    end
+    local cx, err = copy_input(x, tk == "string" and (path .. "." .. k) or fmt("%s[%s]", path, tostring(k)), st)
+    if err then return nil, err end
+    c[k] = cx
+  end
+  st.seen[v], st.depth = nil, st.depth - 1
+  return c
+end
+
 local function is_array(t)
   return schema_mod.is_array(t)
 end
@@ -567,7 +592,9 @@ function Engine:map(name, sale, conf)
   p.box.log = function(m)                -- print() in the plugin lands in result.log
     if #logbuf < 100 then logbuf[#logbuf + 1] = string.sub(m, 1, 500) end
   end
-  local res = table.pack(p.box:call(p.handler.map, deep_copy(sale), cfg, api))
+  local input, ierr = copy_input(sale, "sale", { n = 0, depth = 0, seen = {} })
+  if not input then return nil, new_error("validation", name, nil, ierr) end
+  local res = table.pack(p.box:call(p.handler.map, input, cfg, api))
   if not res[1] then
     local e = new_error("plugin", name, nil, "map failed: " .. tostring(res[2]))
     e.reason = res[3]                    -- "limit" (budget or memory) or "error"

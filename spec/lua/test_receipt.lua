@@ -105,6 +105,7 @@ end
 -- A plugin that returns sale.draft unchanged, to test the engine's checks.
 local ECHO = [[return { VERSION = "0.1.0", map = function(sale, conf, api)
   api.log("echo " .. tostring(sale.id)); print("printed", 1)
+  if sale.fn then sale.draft.payments[1].pay = print end
   return sale.draft end }]]
 
 TestDraft = {}
@@ -179,17 +180,35 @@ function TestDraft.test_shape_errors()
   lu.assertEquals(draft_err { receipt_type = "RECEIPT", total = 100, vat = { NORMAL = 100 },
       payments = { { type = "NON_CASH", amount = 140 }, { type = "CASH", amount = 10 } }, change = 50 },
     'plugin "echo": change: change 0.50 given but only 0.10 was tendered in EUR cash')
-  lu.assertEquals(draft_err { receipt_type = "RECEIPT", total = 100, vat = { NORMAL = 100 },
-      payments = { { type = "CASH", amount = 100, pay = print } } },
+  local r, err = TestDraft.e:map("echo", { fn = true, draft = { receipt_type = "RECEIPT", total = 100,
+    vat = { NORMAL = 100 }, payments = { { type = "CASH", amount = 100 } } } })
+  lu.assertNil(r)
+  lu.assertEquals(tostring(err),
     'plugin "echo": map returned an invalid value: receipt.payments[1].pay: function values are not allowed')
   lu.assertEquals(draft_err { receipt_type = "RECEIPT", total = 2 ^ 53 + 2, vat = {} },
     'plugin "echo": total: expected integer cents')
 end
 
-function TestDraft.test_sale_must_be_table()
+function TestDraft.test_sale_must_be_plain_data()
   local r, err = TestDraft.e:map("echo", "sale")
   lu.assertNil(r)
   lu.assertEquals(tostring(err), 'plugin "echo": sale: expected a table, got string')
+  local cyclic = { items = {} }
+  cyclic.items[1] = cyclic
+  r, err = TestDraft.e:map("echo", cyclic)
+  lu.assertNil(r)
+  lu.assertEquals(tostring(err), 'plugin "echo": sale.items[1]: cyclic table')
+  r, err = TestDraft.e:map("echo", { cb = print })
+  lu.assertEquals(tostring(err), 'plugin "echo": sale.cb: function values are not allowed')
+  local deep = {}
+  local t = deep
+  for _ = 1, 40 do t.x = {}; t = t.x end
+  r, err = TestDraft.e:map("echo", deep)
+  lu.assertStrContains(tostring(err), ": nested too deeply")
+  -- a shared (non-cyclic) subtable is fine, and json.array metatables are dropped
+  local shared = json.array { 1 }
+  r = TestDraft.e:map("echo", { a = shared, b = shared, draft = { receipt_type = "OTHER", total = 0, vat = {} } })
+  lu.assertNotNil(r)
 end
 
 TestEngine = {}

@@ -126,15 +126,29 @@ local function make_libs(box)
       end
     end
   end
+  -- Arguments are coerced the way the C functions will coerce them ("1e12",
+  -- 1e12), so a float or a numeric string cannot slip past a size check.
+  local function toint(v) return math.tointeger(tonumber(v)) end
+  local function tostr(v) if type(v) == "number" then return tostring(v) end return v end
   local srep = string.rep
   S.rep = function(s, n, sep)
-    if type(s) == "string" and math.type(n) == "integer" and n > 0 then
-      local size = #s * n + (type(sep) == "string" and #sep * (n - 1) or 0)
+    local str, nn, sp = tostr(s), toint(n), sep == nil and "" or tostr(sep)
+    if type(str) == "string" and nn and nn > 0 and type(sp) == "string" then
+      local size = (#str + 0.0) * nn + (#sp + 0.0) * (nn - 1)
       box:_reserve(size)
-      charge(size >> 6)
+      charge(floor(size / 64))
     end
     return srep(s, n, sep)
   end
+  local sbyte = string.byte
+  S.byte = function(s, i, j)                   -- returns up to #s values
+    local str = tostr(s)
+    if type(str) == "string" then charge(#str) end
+    return sbyte(s, i, j)
+  end
+  -- binary packing is not needed for receipts, and "c1000000000" would
+  -- allocate a gigabyte in one call
+  S.pack, S.unpack, S.packsize = nil, nil, nil
   for _, name in ipairs { "find", "match", "gmatch", "gsub" } do
     local f = string[name]
     S[name] = function(s, p, a3, a4)
@@ -160,11 +174,13 @@ local function make_libs(box)
   local tconcat, tmove, tsort = table.concat, table.move, table.sort
   T.concat = function(t, sep, i, j)
     if type(t) == "table" then
-      i = i or 1
-      j = j or #t                              -- may run a plugin __len (under the hook)
-      local size, seplen = 0, type(sep) == "string" and #sep or 0
-      if math.type(i) == "integer" and math.type(j) == "integer" then
-        for k = i, j do
+      local ii = toint(i or 1)
+      local jj = j == nil and #t or toint(j)     -- #t may run a plugin __len (under the hook)
+      local sp = tostr(sep)
+      local size, seplen = 0, type(sp) == "string" and #sp or 0
+      if ii and jj then
+        charge(jj - ii + 1)
+        for k = ii, jj do
           local v = t[k]
           if type(v) == "string" then size = size + #v + seplen else size = size + 24 end
         end
@@ -175,8 +191,15 @@ local function make_libs(box)
     return tconcat(t, sep, i, j)
   end
   T.move = function(a1, f, e, t, a2)
-    if math.type(f) == "integer" and math.type(e) == "integer" and e >= f then charge(e - f + 1) end
+    local ff, ee = toint(f), toint(e)
+    if ff and ee and ee >= ff then charge(ee - ff + 1) end
     return tmove(a1, f, e, t, a2)
+  end
+  local tunpack = table.unpack
+  T.unpack = function(t, i, j)
+    local ii, jj = toint(i or 1), j == nil and (type(t) == "table" and #t) or toint(j)
+    if ii and jj and jj >= ii then charge(jj - ii + 1) end
+    return tunpack(t, i, j)
   end
   T.sort = function(t, cmp)
     if type(t) == "table" then
