@@ -103,8 +103,9 @@ local function deep_copy(v)
   return c
 end
 
--- Copies host input (the sale) for the plugin: plain data only (metatables
--- dropped), at most 32 levels and 200000 values, no cycles.
+-- Copies host input (the sale, the configuration) for the plugin: plain data
+-- only (metatables dropped, JSON nulls dropped as absent), at most 32 levels
+-- and 200000 values, no cycles.
 local function copy_input(v, path, st)
   local tv = type(v)
   if tv == "string" or tv == "number" or tv == "boolean" then return v end
@@ -120,9 +121,11 @@ local function copy_input(v, path, st)
     if tk ~= "string" and tk ~= "number" then
       return nil, fmt("%s: %s keys are not allowed", path, tk)
     end
-    local cx, err = copy_input(x, tk == "string" and (path .. "." .. k) or fmt("%s[%s]", path, tostring(k)), st)
-    if err then return nil, err end
-    c[k] = cx
+    if x ~= json.null then
+      local cx, err = copy_input(x, tk == "string" and (path .. "." .. k) or fmt("%s[%s]", path, tostring(k)), st)
+      if err then return nil, err end
+      c[k] = cx
+    end
   end
   st.seen[v], st.depth = nil, st.depth - 1
   return c
@@ -579,6 +582,14 @@ function Engine:map(name, sale, conf)
       return nil, type(r2) == "string" and r2:sub(1, 300) or "invalid value"
     end
     return nil, "custom validator returned " .. type(r1) .. ", expected true or nil, message"
+  end
+  if conf ~= nil then
+    if type(conf) ~= "table" then
+      return nil, new_error("validation", name, "conf", "expected a table, got " .. type(conf))
+    end
+    local cerr
+    conf, cerr = copy_input(conf, "conf", { n = 0, depth = 0, seen = {} })
+    if not conf then return nil, new_error("validation", name, nil, cerr) end
   end
   local cfg, cerrs = schema_mod.validate(p.schema, conf, invoke)
   if not cfg then

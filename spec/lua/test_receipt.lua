@@ -205,6 +205,12 @@ function TestDraft.test_sale_must_be_plain_data()
   for _ = 1, 40 do t.x = {}; t = t.x end
   r, err = TestDraft.e:map("echo", deep)
   lu.assertStrContains(tostring(err), ": nested too deeply")
+  -- JSON nulls are absent values
+  r = assert(TestDraft.e:map("echo", json.decode(
+    '{"id": null, "x": [null, 1], "draft": {"receipt_type": "OTHER", "total": 0, "vat": {}, "change": null}}')))
+  lu.assertEquals(r.log[1], "echo nil")
+  r, err = TestDraft.e:map("echo", {}, 5)
+  lu.assertEquals(tostring(err), 'plugin "echo": conf: expected a table, got number')
   -- a shared (non-cyclic) subtable is fine, and json.array metatables are dropped
   local shared = json.array { 1 }
   r = TestDraft.e:map("echo", { a = shared, b = shared, draft = { receipt_type = "OTHER", total = 0, vat = {} } })
