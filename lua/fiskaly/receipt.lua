@@ -331,7 +331,7 @@ function Engine:list()
   local names, seen = {}, {}
   for _, dir in ipairs(self.paths) do
     local quoted = "'" .. dir:gsub("'", "'\\''") .. "'"
-    local pipe = io.popen("ls -1 -- " .. quoted .. " 2>/dev/null")
+    local pipe = io.popen and io.popen("ls -1 -- " .. quoted .. " 2>/dev/null")
     if pipe then
       for entry in pipe:lines() do
         if not seen[entry] and check_name(entry) and read_file(dir .. "/" .. entry .. "/handler.lua") then
@@ -503,11 +503,21 @@ local function payment_buckets(b)
     e.base = money.add(e.base, p.base)
   end
   if b.change > 0 then
+    -- Change is paid out in EUR cash. It may exceed the EUR cash tendered only
+    -- when a foreign currency was tendered (change for CHF given in EUR): then
+    -- the EUR cash bucket goes negative, as DSFinV-K records it.
     local cash = by["CASH:EUR"]
     local avail = cash and cash.amount or 0
-    if avail < b.change then
+    local foreign = false
+    for _, e in ipairs(list) do if e.currency ~= "EUR" then foreign = true end end
+    if avail < b.change and not foreign then
       return nil, { { field = "change", message = fmt(
         "change %s given but only %s was tendered in EUR cash", money.format(b.change), money.format(avail)) } }
+    end
+    if not cash then
+      cash = { type = "CASH", currency = "EUR", amount = 0, base = 0 }
+      by["CASH:EUR"] = cash
+      list[#list + 1] = cash
     end
     cash.amount = cash.amount - b.change
     cash.base = cash.base - b.change
