@@ -282,4 +282,76 @@ function TestProperty.test_restaurant_random_sales()
   end
 end
 
+-- Random drafts, valid or not, straight from a handler: the engine never
+-- raises, and whatever it accepts validates and balances.
+function TestProperty.test_engine_on_random_drafts()
+  math.randomseed(7)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir .. "/echo"))
+  local f = assert(io.open(dir .. "/echo/handler.lua", "w"))
+  f:write('return { VERSION = "1.0.0", map = function(sale) return sale.draft end }')
+  f:close()
+  f = assert(io.open(dir .. "/echo/schema.lua", "w"))
+  f:write("return {}")
+  f:close()
+  local e = receipt.new { paths = { dir } }
+  local TYPES = { "RECEIPT", "TRAINING", "CANCELLATION", "ANNULATION", "INVOICE", "SALE" }
+  local function cents()
+    local k = random(10)
+    if k == 1 then return random(-100000, 100000) + 0.5 end   -- a float: refused
+    if k == 2 then return "1.00" end                           -- a string: refused
+    return random(-100000, 100000)
+  end
+  local accepted, refused = 0, 0
+  for s = 1, 3000 do
+    local vat, total = {}, 0
+    for _ = 1, random(0, 4) do
+      local rate = random(12) == 1 and "19" or RATES[random(#RATES)]
+      local v = random(-50000, 50000)
+      vat[rate] = v
+      if type(total) == "number" then total = total + v end
+    end
+    if random(4) == 1 then total = cents() end
+    local payments, paid = {}, 0
+    local n = random(0, 3)
+    for i = 1, n do
+      local a = i < n and random(-30000, 30000) or (total - paid)
+      if type(a) ~= "number" or math.type(a) ~= "integer" then a = 0 end
+      local p = { type = random(8) == 1 and "CARD" or (random(2) == 1 and "CASH" or "NON_CASH"), amount = a }
+      if random(6) == 1 then p.currency = "CHF"; p.base_amount = a; p.amount = random(1, 99999) end
+      if random(15) == 1 then p.amount = cents() end
+      payments[#payments + 1] = p
+      paid = paid + a
+    end
+    local draft = { receipt_type = TYPES[random(#TYPES)], total = total, vat = vat, payments = payments }
+    if random(5) == 1 then draft.change = random(0, 2000) end
+    if random(20) == 1 then draft.extra = true end
+    local ok, r, err = pcall(e.map, e, "echo", { draft = draft })
+    lu.assertTrue(ok, "sale " .. s .. ": engine raised: " .. tostring(r))
+    if r then
+      accepted = accepted + 1
+      local body = r.standard_v1.receipt
+      lu.assertTrue(receipt.validate(body))
+      local sum = 0
+      for _, x in ipairs(body.amounts_per_vat_rate) do sum = sum + parse2(x.amount) end
+      lu.assertEquals(sum, r.totals.total)
+      if #body.amounts_per_payment_type > 0 then
+        local p = 0
+        for _, t in ipairs(r.totals.payments) do p = p + t.base_amount end
+        lu.assertEquals(p, r.totals.total, "sale " .. s)
+      end
+      lu.assertEquals(receipt.process_data(body), r.process_data)
+    else
+      refused = refused + 1
+      lu.assertTrue(err.kind == "validation" or err.kind == "plugin")
+      lu.assertTrue(#tostring(err) > 0)
+    end
+  end
+  io.stderr:write(("random drafts: %d accepted, %d refused\n"):format(accepted, refused))
+  lu.assertTrue(accepted > 300, "accepted " .. accepted)
+  lu.assertTrue(refused > 300, "refused " .. refused)
+  os.execute("rm -rf " .. dir)
+end
+
 os.exit(lu.LuaUnit.run())
