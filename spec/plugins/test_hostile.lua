@@ -51,9 +51,25 @@ function TestHostile.test_single_huge_allocation()
   stopped("hostile_rep", nil, "plugin", "map failed: memory ceiling exceeded %(16384 KB%)")
 end
 
+-- Peak resident memory of this process in MB (Linux), or nil.
+local function peak_rss_mb()
+  local f = io.open("/proc/self/status")
+  if not f then return nil end
+  local kb = f:read("a"):match("VmHWM:%s*(%d+) kB")
+  f:close()
+  return kb and tonumber(kb) // 1024
+end
+
 function TestHostile.test_string_doubling()
   local before = collectgarbage("count")
+  local peak_before = peak_rss_mb()
   stopped("hostile_double", nil, "plugin", "map failed: memory ceiling exceeded %(16384 KB%)")
+  -- unstopped, the plugin would reach 2 GB; the ceiling stops it within about
+  -- one doubling past 16 MB (the bound leaves room for ASan's quarantine)
+  if peak_before then
+    local grown = peak_rss_mb() - peak_before
+    lu.assertTrue(grown < 600, ("peak RSS grew by %d MB"):format(grown))
+  end
   collectgarbage("collect")
   collectgarbage("collect")
   lu.assertTrue(collectgarbage("count") < before + 4096, "memory was not released")
