@@ -241,6 +241,10 @@ function sandbox.new(opts)
     error("fiskaly.receipt.sandbox: memory_kb must be an integer >= 64", 2)
   end
   local S, T, M, U = make_libs(box)
+  -- The method table behind ("x"):method() is never handed to the plugin:
+  -- host code running during a call (a finalizer, say) may use string
+  -- methods, and must not meet a function the plugin planted. The plugin's
+  -- global `string` is a separate copy it may change for itself.
   box.string = S
 
   local function relay(ok, ...)
@@ -253,7 +257,7 @@ function sandbox.new(opts)
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     select = select, tonumber = tonumber, tostring = tostring, type = type,
     rawequal = rawequal, rawget = rawget, rawlen = rawlen,
-    string = S, table = T, math = M, utf8 = U,
+    string = copy(S), table = T, math = M, utf8 = U,
   }
   env.pcall = function(f, ...) return relay(pcall(f, ...)) end
   -- The plugin's message handler must not run as a real message handler: an
