@@ -532,6 +532,16 @@ local function payment_buckets(b)
   return out
 end
 
+-- core.crypto.b64encode when the C core is available (looked up once).
+local b64_lookup
+local function base64_encoder()
+  if b64_lookup == nil then
+    local okc, core = pcall(require, "fiskaly.core")
+    b64_lookup = okc and type(core) == "table" and core.crypto and core.crypto.b64encode or false
+  end
+  return b64_lookup or nil
+end
+
 -- Builds the result from a checked, balanced draft.
 local function build_result(p, b, logbuf)
   local vats = json.array {}
@@ -566,10 +576,8 @@ local function build_result(p, b, logbuf)
     log = logbuf,
     warnings = p.warnings,
   }
-  local okc, core = pcall(require, "fiskaly.core")
-  if okc and type(core) == "table" and core.crypto and core.crypto.b64encode then
-    result.process_data_base64 = core.crypto.b64encode(pd)
-  end
+  local b64 = base64_encoder()
+  if b64 then result.process_data_base64 = b64(pd) end
   return result
 end
 

@@ -15,9 +15,11 @@ minus total).
 ]]
 local Handler = { VERSION = "1.0.0" }
 
-local function amount(m, v, what)
+-- cents from integer cents or a "0.00" string; `what` (a format, with `i`)
+-- names the field in the error, built only when there is one
+local function amount(m, v, what, i)
   local c, err = m.coerce(v)
-  if not c then error(what .. ": " .. err, 0) end
+  if not c then error(what:format(i) .. ": " .. err, 0) end
   return c
 end
 
@@ -36,7 +38,7 @@ function Handler.map(sale, conf, api)
     if not g then error(("items[%d].group: unknown group %q"):format(i, tostring(item.group)), 0) end
     local qty = m.parse_qty(item.qty == nil and 1 or item.qty)
     if not qty then error(("items[%d].qty: invalid quantity"):format(i), 0) end
-    local line = m.times(amount(m, item.unit_price, ("items[%d].unit_price"):format(i)), qty)
+    local line = m.times(amount(m, item.unit_price, "items[%d].unit_price", i), qty)
     if item.day_old and day_old[item.group] and conf.day_old_percent > 0 then
       line = line - m.percent(line, conf.day_old_percent * 100)
     end
@@ -50,7 +52,7 @@ function Handler.map(sale, conf, api)
   for i, p in ipairs(sale.payments or {}) do
     local ptype = conf.payment_methods[p.method]
     if not ptype then error(("payments[%d].method: unknown method %q"):format(i, tostring(p.method)), 0) end
-    local a = amount(m, p.amount, ("payments[%d].amount"):format(i))
+    local a = amount(m, p.amount, "payments[%d].amount", i)
     tendered = tendered + a
     payments[#payments + 1] = { type = ptype, amount = a }
   end

@@ -25,9 +25,11 @@ local Handler = { VERSION = "1.0.0" }
 
 local TYPES = { sale = "RECEIPT", void = "CANCELLATION", training = "TRAINING" }
 
-local function amount(m, v, what)
+-- cents from integer cents or a "0.00" string; `what` (a format, with `i`)
+-- names the field in the error, built only when there is one
+local function amount(m, v, what, i)
   local c, err = m.coerce(v)
-  if not c then error(what .. ": " .. err, 0) end
+  if not c then error(what:format(i) .. ": " .. err, 0) end
   return c
 end
 
@@ -45,8 +47,8 @@ function Handler.map(sale, conf, api)
   for i, item in ipairs(sale.items or {}) do
     local qty = m.parse_qty(item.qty == nil and 1 or item.qty)
     if not qty then error(("items[%d].qty: invalid quantity"):format(i), 0) end
-    local line = m.times(amount(m, item.unit_price, ("items[%d].unit_price"):format(i)), qty)
-    if item.discount ~= nil then line = line - amount(m, item.discount, ("items[%d].discount"):format(i)) end
+    local line = m.times(amount(m, item.unit_price, "items[%d].unit_price", i), qty)
+    if item.discount ~= nil then line = line - amount(m, item.discount, "items[%d].discount", i) end
     local takeaway = item.takeaway
     if takeaway == nil then takeaway = sale.takeaway == true end
     local cat = item.category or "food"
@@ -92,7 +94,7 @@ function Handler.map(sale, conf, api)
     for i, p in ipairs(sale.payments or {}) do
       local ptype = conf.payment_methods[p.method]
       if not ptype then error(("payments[%d].method: unknown method %q"):format(i, tostring(p.method)), 0) end
-      local a = amount(m, p.amount, ("payments[%d].amount"):format(i))
+      local a = amount(m, p.amount, "payments[%d].amount", i)
       if conf.tip_mode == "exclude" and tip_left > 0 and p.method == tip_method then
         local cut = tip_left < a and tip_left or a
         a = a - cut

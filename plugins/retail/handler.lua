@@ -32,9 +32,11 @@ local Handler = { VERSION = "1.0.0" }
 local TYPES = { sale = "RECEIPT", refund = "RECEIPT", annulation = "ANNULATION",
   void = "CANCELLATION", training = "TRAINING" }
 
-local function amount(m, v, what)
+-- cents from integer cents or a "0.00" string; `what` (a format, with `i`)
+-- names the field in the error, built only when there is one
+local function amount(m, v, what, i)
   local c, err = m.coerce(v)
-  if not c then error(what .. ": " .. err, 0) end
+  if not c then error(what:format(i) .. ": " .. err, 0) end
   return c
 end
 
@@ -78,9 +80,9 @@ function Handler.map(sale, conf, api)
   for i, item in ipairs(items) do
     local qty = m.parse_qty(item.qty == nil and 1 or item.qty)
     if not qty then error(("items[%d].qty: invalid quantity"):format(i), 0) end
-    local line = m.times(amount(m, item.unit_price, ("items[%d].unit_price"):format(i)), qty)
+    local line = m.times(amount(m, item.unit_price, "items[%d].unit_price", i), qty)
     if item.discount ~= nil then
-      line = line - amount(m, item.discount, ("items[%d].discount"):format(i))
+      line = line - amount(m, item.discount, "items[%d].discount", i)
     end
     local k = item.kind or "goods"
     if k == "goods" then
@@ -109,7 +111,7 @@ function Handler.map(sale, conf, api)
       end
       cut = m.percent(goods_total, bp)
     else
-      cut = amount(m, d.amount, ("discounts[%d].amount"):format(i))
+      cut = amount(m, d.amount, "discounts[%d].amount", i)
     end
     if cut ~= 0 then
       local rates, weights = {}, {}
@@ -135,11 +137,11 @@ function Handler.map(sale, conf, api)
     for i, p in ipairs(sale.payments or {}) do
       local ptype = conf.payment_methods[p.method]
       if not ptype then error(("payments[%d].method: unknown method %q"):format(i, tostring(p.method)), 0) end
-      local a = amount(m, p.amount, ("payments[%d].amount"):format(i))
+      local a = amount(m, p.amount, "payments[%d].amount", i)
       local cur = p.currency or "EUR"
       local base = a
       if cur ~= "EUR" then
-        base = amount(m, p.amount_eur, ("payments[%d].amount_eur"):format(i))
+        base = amount(m, p.amount_eur, "payments[%d].amount_eur", i)
       end
       tendered = tendered + base
       payments[#payments + 1] = { type = ptype, amount = sign * a, currency = cur,
