@@ -250,6 +250,7 @@ local function build(self, name, base, hsrc, ssrc)
   local logbuf = {}
   local box = sandbox.new { name = name, instructions = self.instructions, memory_kb = self.memory_kb,
     log = function(m) if #logbuf < 100 then logbuf[#logbuf + 1] = m end end }
+  box.env.typedefs = schema_mod.typedefs()       -- shared field types for schema.lua
   local sv, err = run_file(box, base, "schema.lua", ssrc)
   if err then return fail("cannot be loaded: " .. err) end
   if type(sv) ~= "table" then

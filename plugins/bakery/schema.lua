@@ -1,5 +1,5 @@
 -- Configuration of the bakery plugin (see handler.lua for the mapping).
-local RATES = { "NORMAL", "REDUCED_1", "SPECIAL_RATE_1", "SPECIAL_RATE_2", "NULL" }
+-- `typedefs` (vat_rate, payment_type, currency, cents, percent) is provided by the engine.
 return {
   description = "Bakery with a cafe corner: product groups, eat-in vs take-away, day-old discount.",
   fields = {
@@ -11,8 +11,8 @@ return {
           milk   = { takeaway = "REDUCED_1", eat_in = "NORMAL" },
         },
         values = { type = "record", fields = {
-          { takeaway = { type = "string", one_of = RATES, required = true } },
-          { eat_in = { type = "string", one_of = RATES, required = true } },
+          { takeaway = typedefs.vat_rate { required = true } },
+          { eat_in = typedefs.vat_rate { required = true } },
         } },
         description = "POS product group -> VAT rate to take away and to eat in" } },
     { day_old_percent = { type = "integer", between = { 0, 90 }, default = 0,
@@ -21,7 +21,7 @@ return {
         elements = { type = "string", len_min = 1 },
         description = "groups the day-old discount may apply to" } },
     { payment_methods = { type = "map", default = { cash = "CASH", card = "NON_CASH" },
-        values = { type = "string", one_of = { "CASH", "NON_CASH" } } } },
+        values = typedefs.payment_type() } },
   },
   custom_validator = function(conf)
     for _, g in ipairs(conf.day_old_groups) do

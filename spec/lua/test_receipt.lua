@@ -341,7 +341,7 @@ function TestEngine.test_api_is_narrow()
   local r = assert(e:map("probe", sale))
   lu.assertEquals(r.log[1], "log,money,plugin,rate_percent,rates,receipt_types,vat_rate")
   lu.assertEquals(r.log[2], "_G,_VERSION,assert,error,getmetatable,ipairs,math,next,pairs,pcall,print,"
-    .. "rawequal,rawget,rawlen,rawset,select,setmetatable,string,table,tonumber,tostring,type,utf8,xpcall")
+    .. "rawequal,rawget,rawlen,rawset,select,setmetatable,string,table,tonumber,tostring,type,typedefs,utf8,xpcall")
   lu.assertEquals(r.log[3], "NORMAL,REDUCED_1,SPECIAL_RATE_1,SPECIAL_RATE_2,NULL")
   lu.assertEquals(r.log[4], "REDUCED_1 -1.05")
   lu.assertEquals(sale.items, { 1 })

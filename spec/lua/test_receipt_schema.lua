@@ -153,6 +153,34 @@ function TestConfValidation.test_engine_messages()
   os.execute("rm -rf " .. dir)
 end
 
+function TestConfValidation.test_typedefs()
+  local dir = plugin_dir { ["handler.lua"] = HANDLER, ["schema.lua"] = [[
+    return { fields = {
+      { rate = typedefs.vat_rate { default = "NORMAL" } },
+      { pay = typedefs.payment_type() },
+      { cur = typedefs.currency { default = "EUR" } },
+      { limit = typedefs.cents() },
+      { pct = typedefs.percent { required = true } },
+    } }]] }
+  local e = receipt.new { paths = { dir } }
+  local _, err = e:map("p", {}, { rate = "19", pay = "CARD", cur = "eur", limit = 1 << 60, pct = 101 })
+  lu.assertEquals(tostring(err), 'plugin "p": conf.rate: expected one of: NORMAL, REDUCED_1, SPECIAL_RATE_1, '
+    .. "SPECIAL_RATE_2, NULL; conf.pay: expected one of: CASH, NON_CASH; "
+    .. "conf.cur: value must match the pattern ^%u%u%u$; "
+    .. "conf.limit: value should be between -9007199254740992 and 9007199254740992; "
+    .. "conf.pct: value should be between 0 and 100")
+  _, err = e:map("p", {}, {})
+  lu.assertEquals(tostring(err), 'plugin "p": conf.pct: required field missing')
+  lu.assertNotNil(e:map("p", {}, { pct = 5 }))
+  -- a typedef with a misspelt extra attribute is caught by the metaschema
+  dir = plugin_dir { ["handler.lua"] = HANDLER,
+    ["schema.lua"] = [[return { fields = { { r = typedefs.vat_rate { defualt = "NORMAL" } } } }]] }
+  local p
+  p, err = receipt.new({ paths = { dir } }):load("p")
+  lu.assertNil(p)
+  lu.assertEquals(tostring(err), 'plugin "p": cannot be loaded: schema.lua: field "r": unknown attribute "defualt"')
+end
+
 function TestConfValidation.test_engine_schema_load_error_names_plugin_and_field()
   local dir = plugin_dir { ["handler.lua"] = HANDLER,
     ["schema.lua"] = [[return { fields = { { tip = { type = "string", one_of = { "a" }, defualt = "a" } } } }]] }

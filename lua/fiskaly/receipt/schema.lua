@@ -332,5 +332,33 @@ function M.validate(schema, conf, invoke)
   return out
 end
 
+----------------------------------------------------------------- typedefs
+
+-- Field types shared by plugin schemas (Kong's typedefs): each is a function
+-- taking optional extra attributes and returning a fresh definition, e.g.
+-- `{ default_vat = typedefs.vat_rate { default = "NORMAL" } }`.
+local RATE_NAMES = { "NORMAL", "REDUCED_1", "SPECIAL_RATE_1", "SPECIAL_RATE_2", "NULL" }
+local MAX_CENTS = 9007199254740992
+local TYPEDEFS = {
+  vat_rate = function() return { type = "string", one_of = { table.unpack(RATE_NAMES) } } end,
+  payment_type = function() return { type = "string", one_of = { "CASH", "NON_CASH" } } end,
+  currency = function() return { type = "string", match = "^%u%u%u$" } end,
+  cents = function() return { type = "integer", between = { -MAX_CENTS, MAX_CENTS } } end,
+  percent = function() return { type = "integer", between = { 0, 100 } } end,
+}
+
+-- A fresh table of typedef constructors (plain data, safe to hand to a plugin).
+function M.typedefs()
+  local t = {}
+  for name, base in pairs(TYPEDEFS) do
+    t[name] = function(extra)
+      local def = base()
+      for k, v in pairs(extra or {}) do def[k] = v end
+      return def
+    end
+  end
+  return t
+end
+
 M.is_array = is_array
 return M
