@@ -4,7 +4,7 @@
  *   fiskaly-host <script.lua> [args...]
  *
  * Opens a lua_State, makes `require "fiskaly"` work (package.path/cpath from
- * FISKALY_LUA_PATH / FISKALY_LUA_CPATH, else the environment's LUA_PATH),
+ * FISKALY_LUA_PATH / FISKALY_LUA_CPATH, prepended to the defaults),
  * runs the script, and expects it to return a table
  *   { qr_code_data = "V0;...", ... }
  * The host then calls fiskaly.core.tse.verify_qr itself, from C, to show how
@@ -43,15 +43,17 @@ static int call(lua_State *L, int nargs, int nresults)
     return 1;
 }
 
+/* Prepends the directories in $env to package[field] (path or cpath). */
 static void set_path(lua_State *L, const char *field, const char *env)
 {
     const char *v = getenv(env);
     if (v == NULL || *v == '\0')
         return;
     lua_getglobal(L, "package");            /* package */
-    lua_pushstring(L, v);
-    lua_setfield(L, -2, field);             /* package[field] = v */
-    lua_pop(L, 1);
+    lua_getfield(L, -1, field);             /* package, old */
+    lua_pushfstring(L, "%s;%s", v, lua_tostring(L, -1));
+    lua_setfield(L, -3, field);             /* package[field] = v;old */
+    lua_pop(L, 2);
 }
 
 int main(int argc, char **argv)
