@@ -37,6 +37,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -849,8 +851,40 @@ static const luaL_Reg http_session_meta[] = {
     {NULL, NULL}
 };
 
+/* ------------------------------------------------------------------ clock */
+
+static lua_Integer http_monotonic_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (lua_Integer)ts.tv_sec * 1000 + (lua_Integer)(ts.tv_nsec / 1000000);
+}
+
+/* http.now_ms() -> monotonic milliseconds (integer) */
+static int http_now_ms(lua_State *L)
+{
+    lua_pushinteger(L, http_monotonic_ms());
+    return 1;
+}
+
+/* http.sleep_ms(ms): blocks the calling thread for ms milliseconds (nanosleep, no busy wait). */
+static int http_sleep_ms(lua_State *L)
+{
+    lua_Integer ms = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, ms >= 0, 1, "must be >= 0 milliseconds");
+    struct timespec req, rem;
+    req.tv_sec = (time_t)(ms / 1000);
+    req.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&req, &rem) != 0 && errno == EINTR)
+        req = rem;
+    return 0;
+}
+
 static const luaL_Reg http_funcs[] = {
     {"session", http_session_new},
+    {"now_ms", http_now_ms},
+    {"sleep_ms", http_sleep_ms},
     {NULL, NULL}
 };
 
