@@ -718,13 +718,13 @@ function Store:journal_get(tx_id)
 end
 
 -- Journal rows, optionally filtered: { state = "ACTIVE" } or { open = true }
--- (everything not FINISHED/CANCELLED), oldest first.
+-- (everything not FINISHED/CANCELLED/VOID: void = never reached the service), oldest first.
 function Store:journal_list(filter)
   filter = filter or {}
   if filter.state then
     return self:_query("SELECT * FROM transactions WHERE state = ? ORDER BY id", filter.state)
   elseif filter.open then
-    return self:_query("SELECT * FROM transactions WHERE upper(state) NOT IN ('FINISHED', 'CANCELLED') ORDER BY id")
+    return self:_query("SELECT * FROM transactions WHERE upper(state) NOT IN ('FINISHED', 'CANCELLED', 'VOID') ORDER BY id")
   end
   return self:_query("SELECT * FROM transactions ORDER BY id")
 end
