@@ -44,6 +44,7 @@
 
 #define HTTP_SESSION_MT  "fiskaly.http.Session"
 #define HTTP_TRANSFER_MT "fiskaly.http.Transfer"
+#define HTTP_REQUEST_MT  "fiskaly.http.Request"
 
 #define HTTP_POOL_MAX            16
 #define HTTP_DEFAULT_TIMEOUT_MS  30000L
@@ -83,6 +84,8 @@ struct http_transfer {
     int oom;                        /* a callback ran out of memory */
     int too_large;                  /* body exceeded max_body or headers too big */
     int done;
+    int async;                      /* a Request made by session:submit */
+    int reported;                   /* its result is stored in uservalue 2 */
     CURLcode result;
     http_transfer *prev, *next;
     char errbuf[CURL_ERROR_SIZE];
@@ -127,6 +130,16 @@ static CURLcode http_global_acquire(int *ref)
     }
     pthread_once(&http_init_once, http_init_once_fn);
     return http_init_once_result;
+}
+
+/* ------------------------------------------------------------------ clock */
+
+static lua_Integer http_monotonic_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (lua_Integer)ts.tv_sec * 1000 + (lua_Integer)(ts.tv_nsec / 1000000);
 }
 
 /* ------------------------------------------------------------------ errors */
@@ -551,9 +564,15 @@ static int http_session_new(lua_State *L)
     }
 
     /* The userdata first, then the resources it holds. */
-    http_session *s = lua_newuserdatauv(L, sizeof *s, 0);
+    http_session *s = lua_newuserdatauv(L, sizeof *s, 1);
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, HTTP_SESSION_MT);
+    lua_newtable(L);                       /* in flight: lightuserdata(t) -> Request (weak values) */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, 1);
     s->timeout_ms = timeout_ms;
     s->connect_timeout_ms = connect_ms;
     s->max_body = max_body;
@@ -737,15 +756,18 @@ static void push_headers(lua_State *L, const http_buf *head)
     }
 }
 
-/* session:request{ method, url, headers, body, timeout_ms } */
-static int session_request(lua_State *L)
+/*
+ * Reads the request table at req, builds headers, takes an easy handle,
+ * sets it up and adds it to the session's multi.  Misuse raises (t is a
+ * userdata on the stack, so its __gc frees what it holds).  Returns 0 when
+ * the transfer is in flight, or pushes nil, err and returns 2.
+ */
+static int transfer_start(lua_State *L, http_session *s, int req, http_transfer *t)
 {
-    http_session *s = check_open_session(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-
+    int top = lua_gettop(L);
     size_t nmethod = 3;
     const char *method = "GET";
-    if (lua_getfield(L, 2, "method") != LUA_TNIL) {
+    if (lua_getfield(L, req, "method") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "method must be a string");
         method = lua_tolstring(L, -1, &nmethod);
@@ -754,7 +776,7 @@ static int session_request(lua_State *L)
         luaL_error(L, "invalid method '%s'", method);
     /* the string stays on the stack */
 
-    if (lua_getfield(L, 2, "url") != LUA_TSTRING)
+    if (lua_getfield(L, req, "url") != LUA_TSTRING)
         luaL_error(L, "url must be a string");
     size_t nurl;
     const char *url = lua_tolstring(L, -1, &nurl);
@@ -763,24 +785,24 @@ static int session_request(lua_State *L)
 
     size_t body_len = 0;
     const char *body = NULL;
-    int bt = lua_getfield(L, 2, "body");
+    int bt = lua_getfield(L, req, "body");
     if (bt == LUA_TSTRING)
         body = lua_tolstring(L, -1, &body_len);
     else if (bt != LUA_TNIL)
         luaL_error(L, "body must be a string");
 
-    long timeout_ms = opt_ms_field(L, 2, "timeout_ms", s->timeout_ms);
-
-    http_transfer *t = transfer_new(L, s->max_body);
-    transfer_build_headers(L, t, 2);
+    long timeout_ms = opt_ms_field(L, req, "timeout_ms", s->timeout_ms);
+    transfer_build_headers(L, t, req);
 
     /* From here on nothing raises until the transfer is detached. */
     t->easy = session_take_easy(s);
     if (t->easy == NULL) {
+        lua_settop(L, top);
         transfer_close(t);
         return http_push_error(L, "network", "OUT_OF_MEMORY", "curl_easy_init failed");
     }
     CURLcode rc = transfer_setup(t, s, method, url, body, body_len, timeout_ms);
+    lua_settop(L, top);   /* url and body were copied by libcurl (CURLOPT_URL, COPYPOSTFIELDS) */
     if (rc != CURLE_OK) {
         transfer_close(t);
         return http_push_curl_error(L, rc, NULL);
@@ -791,19 +813,24 @@ static int session_request(lua_State *L)
         return http_push_error(L, "network", "MULTI_ADD_FAILED", curl_multi_strerror(mc));
     }
     session_link(s, t);
+    return 0;
+}
 
-    mc = session_run_until(s, t);
-    if (mc != CURLM_OK) {
-        transfer_close(t);
-        return http_push_error(L, "network", "MULTI_FAILED", curl_multi_strerror(mc));
-    }
-
+/*
+ * t is done: reads its info, gives its easy handle back to the pool and
+ * pushes the response table or nil, err (the shapes of session:request).
+ * Frees t's buffers.  Returns the number of pushed values.
+ */
+static int transfer_finish(lua_State *L, http_transfer *t)
+{
     long status = 0;
     curl_off_t total_us = 0;
     long connects = 0;
-    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us);
-    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+    if (t->easy != NULL) {
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+        curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+    }
     transfer_detach(t);   /* easy back to the pool; buffers stay with t */
 
     if (t->result != CURLE_OK) {
@@ -837,8 +864,264 @@ static int session_request(lua_State *L)
     return 1;
 }
 
+/* session:request{ method, url, headers, body, timeout_ms } */
+static int session_request(lua_State *L)
+{
+    http_session *s = check_open_session(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+
+    http_transfer *t = transfer_new(L, s->max_body);
+    int n = transfer_start(L, s, 2, t);
+    if (n != 0)
+        return n;
+
+    CURLMcode mc = session_run_until(s, t);
+    if (mc != CURLM_OK) {
+        transfer_close(t);
+        return http_push_error(L, "network", "MULTI_FAILED", curl_multi_strerror(mc));
+    }
+    return transfer_finish(L, t);
+}
+
+/* ------------------------------------------------------------------ non-blocking driver */
+
+/*
+ * A Request (fiskaly.http.Request) is an http_transfer with two user values:
+ *   1: the Session (keeps it alive while the Request is reachable)
+ *   2: once reported, { ok = bool, [1] = response or error table }
+ * The Session's user value is a weak-valued table lightuserdata(t) -> Request
+ * of the requests in flight, so step() can return the userdata of a finished
+ * transfer.  A Request that becomes garbage while in flight is cancelled by
+ * its __gc (removed from the multi; its connection is not reused).
+ */
+
+static http_transfer *check_request(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, HTTP_REQUEST_MT);
+}
+
+static int session_count_pending(const http_session *s)
+{
+    int n = 0;
+    for (const http_transfer *t = s->active; t != NULL; t = t->next)
+        if (t->async && !t->reported)
+            n++;
+    return n;
+}
+
+/* Stores the pushed results (1 or 2 values on top) in the Request at idx as user value 2. */
+static void request_store(lua_State *L, int idx, int nres)
+{
+    lua_createtable(L, 1, 1);
+    lua_insert(L, -1 - nres);
+    if (nres == 1) {
+        lua_rawseti(L, -2, 1);
+        lua_pushboolean(L, 1);
+    } else {
+        lua_rawseti(L, -3, 1);   /* err */
+        lua_pop(L, 1);           /* nil */
+        lua_pushboolean(L, 0);
+    }
+    lua_setfield(L, -2, "ok");
+    lua_setiuservalue(L, idx, 2);
+}
+
+/* Removes lightuserdata(t) from the session's in-flight table (session userdata at sidx). */
+static void session_forget(lua_State *L, int sidx, http_transfer *t)
+{
+    if (lua_getiuservalue(L, sidx, 1) == LUA_TTABLE) {
+        lua_pushlightuserdata(L, (void *)t);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+}
+
+/* session:submit(req) -> Request, or nil, err */
+static int session_submit(lua_State *L)
+{
+    http_session *s = check_open_session(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+
+    http_transfer *t = lua_newuserdatauv(L, sizeof *t, 2);
+    memset(t, 0, sizeof *t);
+    t->max_body = s->max_body;
+    t->async = 1;
+    luaL_setmetatable(L, HTTP_REQUEST_MT);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, 3, 1);
+
+    int n = transfer_start(L, s, 2, t);
+    if (n != 0)
+        return n;
+    if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+        lua_pushlightuserdata(L, (void *)t);
+        lua_pushvalue(L, 3);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+    lua_settop(L, 3);
+    return 1;
+}
+
+/* Appends every finished, unreported Request of s to the table on top; returns how many. */
+static int session_report(lua_State *L, http_session *s, int sidx)
+{
+    int list = lua_gettop(L);
+    int count = 0;
+    if (lua_getiuservalue(L, sidx, 1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    int map = lua_gettop(L);
+    http_transfer *t = s->active;
+    while (t != NULL) {
+        http_transfer *next = t->next;   /* finishing unlinks t */
+        if (t->async && t->done && !t->reported) {
+            lua_pushlightuserdata(L, (void *)t);
+            if (lua_rawget(L, map) == LUA_TUSERDATA) {
+                int ud = lua_gettop(L);
+                int nres = transfer_finish(L, t);
+                request_store(L, ud, nres);
+                t->reported = 1;
+                lua_pushlightuserdata(L, (void *)t);
+                lua_pushnil(L);
+                lua_rawset(L, map);
+                lua_rawseti(L, list, ++count);   /* the Request */
+            } else {
+                lua_pop(L, 1);   /* being collected: its __gc detaches it */
+            }
+        }
+        t = next;
+    }
+    lua_settop(L, list);
+    return count;
+}
+
+/* session:step([timeout_ms]) -> list of the Requests that finished (possibly empty) */
+static int session_step(lua_State *L)
+{
+    http_session *s = check_open_session(L, 1);
+    lua_Integer timeout = luaL_optinteger(L, 2, 0);
+    luaL_argcheck(L, timeout >= 0, 2, "timeout_ms must be >= 0");
+    if (timeout > INT_MAX)
+        timeout = INT_MAX;
+    lua_settop(L, 2);
+    lua_newtable(L);
+
+    lua_Integer deadline = http_monotonic_ms() + timeout;
+    for (;;) {
+        int running = 0;
+        CURLMcode mc = curl_multi_perform(s->multi, &running);
+        if (mc != CURLM_OK)
+            return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
+        session_collect(s);
+        if (session_report(L, s, 1) > 0 || session_count_pending(s) == 0)
+            break;
+        lua_Integer left = deadline - http_monotonic_ms();
+        if (left <= 0)
+            break;
+        mc = curl_multi_poll(s->multi, NULL, 0, (int)left, NULL);
+        if (mc != CURLM_OK)
+            return luaL_error(L, "curl_multi_poll: %s", curl_multi_strerror(mc));
+    }
+    return 1;
+}
+
+/* session:pending() -> number of submitted Requests not yet reported by step() */
+static int session_pending(lua_State *L)
+{
+    http_session *s = check_session(L, 1);
+    lua_pushinteger(L, s->closed ? 0 : session_count_pending(s));
+    return 1;
+}
+
+static int request_gc(lua_State *L)
+{
+    transfer_close(check_request(L, 1));
+    return 0;
+}
+
+/* request:done() -> true when its result is available (step() reported it, it was cancelled, or its session closed) */
+static int request_done(lua_State *L)
+{
+    http_transfer *t = check_request(L, 1);
+    lua_pushboolean(L, t->reported || (t->done && t->session == NULL));
+    return 1;
+}
+
+/* request:result() -> response, or nil, err; raises while still in flight */
+static int request_result(lua_State *L)
+{
+    http_transfer *t = check_request(L, 1);
+    if (!t->reported) {
+        if (t->done && t->session == NULL) {
+            transfer_close(t);
+            return http_push_error(L, "network", "SESSION_CLOSED", "the session was closed while the request was in flight");
+        }
+        return luaL_error(L, "request still in flight (drive it with session:step)");
+    }
+    lua_getiuservalue(L, 1, 2);
+    lua_getfield(L, -1, "ok");
+    int ok = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (ok) {
+        lua_rawgeti(L, -1, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_rawgeti(L, -2, 1);
+    return 2;
+}
+
+/* request:cancel(): stops a request in flight (its result becomes nil, { code = "CANCELLED" }); no-op once done */
+static int request_cancel(lua_State *L)
+{
+    http_transfer *t = check_request(L, 1);
+    lua_settop(L, 1);
+    if (t->reported || (t->done && t->session == NULL))
+        return 0;
+    if (t->session != NULL && lua_getiuservalue(L, 1, 1) == LUA_TUSERDATA)
+        session_forget(L, 2, t);
+    lua_settop(L, 1);
+    transfer_close(t);
+    t->done = 1;
+    t->reported = 1;
+    t->result = CURLE_ABORTED_BY_CALLBACK;
+    int n = http_push_error(L, "network", "CANCELLED", "request cancelled");
+    request_store(L, 1, n);
+    return 0;
+}
+
+static int request_tostring(lua_State *L)
+{
+    http_transfer *t = check_request(L, 1);
+    const char *state = t->reported ? "done" : (t->done && t->session == NULL) ? "closed" : "in flight";
+    lua_pushfstring(L, HTTP_REQUEST_MT " (%s)", state);
+    return 1;
+}
+
+static const luaL_Reg http_request_methods[] = {
+    {"result", request_result},
+    {"done", request_done},
+    {"cancel", request_cancel},
+    {NULL, NULL}
+};
+
+static const luaL_Reg http_request_meta[] = {
+    {"__gc", request_gc},
+    {"__close", request_gc},
+    {"__tostring", request_tostring},
+    {"__index", NULL},
+    {NULL, NULL}
+};
+
 static const luaL_Reg http_session_methods[] = {
     {"request", session_request},
+    {"submit", session_submit},
+    {"step", session_step},
+    {"pending", session_pending},
     {"close", session_close_method},
     {NULL, NULL}
 };
@@ -850,16 +1133,6 @@ static const luaL_Reg http_session_meta[] = {
     {"__index", NULL},
     {NULL, NULL}
 };
-
-/* ------------------------------------------------------------------ clock */
-
-static lua_Integer http_monotonic_ms(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        return 0;
-    return (lua_Integer)ts.tv_sec * 1000 + (lua_Integer)(ts.tv_nsec / 1000000);
-}
 
 /* http.now_ms() -> monotonic milliseconds (integer) */
 static int http_now_ms(lua_State *L)
@@ -892,6 +1165,12 @@ void http_open(lua_State *L)
 {
     luaL_newmetatable(L, HTTP_TRANSFER_MT);
     luaL_setfuncs(L, http_transfer_meta, 0);
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, HTTP_REQUEST_MT);
+    luaL_setfuncs(L, http_request_meta, 0);
+    luaL_newlib(L, http_request_methods);
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
 
     luaL_newmetatable(L, HTTP_SESSION_MT);
