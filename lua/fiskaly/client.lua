@@ -9,10 +9,12 @@
 -- use, cache, re-authenticate shortly before expiry, and on a 401 re-authenticate
 -- once and replay the request once.
 --
--- Request path: resource method -> Api:call(op) ("send with auth": token,
--- send, 401 -> re-auth -> replay) -> Api:_send(op, attempt) (one HTTP
--- exchange, logging, error objects).  Retry/backoff/circuit-breaker policy
--- (issue 4) belongs in Api:call, around _send.
+-- Request path: resource method -> Api:call(op) ("send with auth, retry what
+-- is safe": token, send, 401 -> re-auth -> replay once, transient failures ->
+-- backoff or Retry-After -> resend, all within the call's deadline) ->
+-- Api:_exchange(op, attempt) (the host's circuit breaker, one HTTP exchange via
+-- fiskaly.runtime, error objects).  The policy itself (idempotency, delays,
+-- breaker) is fiskaly.retry.
 --
 -- Secrets (api_secret, tokens, PINs, PUKs) live in a private weak table, never
 -- on the client object; they are scrubbed from every server message that ends
@@ -20,6 +22,8 @@
 local core = require "fiskaly.core"
 local json = require "fiskaly.json"
 local errors = require "fiskaly.errors"
+local retry = require "fiskaly.retry"
+local runtime = require "fiskaly.runtime"
 
 local M = {}
 
@@ -137,16 +141,50 @@ local function timeout_for(api, op)
   return shared.timeouts[op.timeout or "default"] or shared.timeouts.default
 end
 
--- One HTTP exchange. Returns the decoded body (a table; {} for an empty body)
--- plus the raw response, or nil, err.
-function Api:_send(op, attempt, token_override)
+-- The circuit breaker of this API's host (shared by every client of the family).
+local function breaker_for(api)
+  local shared = client_priv(api).shared
+  local host = retry.host_of(api.base_url)
+  local b = shared.breakers[host]
+  if not b then
+    b = retry.breaker(host, shared.breaker, shared.clock)
+    shared.breakers[host] = b
+  end
+  return b
+end
+
+-- One HTTP exchange, not logged. Returns decoded body (a table; {} for an
+-- empty body), nil, raw response, event -- or nil, err, raw response (or nil),
+-- event. The circuit breaker of the host is asked first: while it is open
+-- nothing is sent (err.code "CIRCUIT_OPEN").
+function Api:_exchange(op, attempt, token_override, timeout_ms)
   local shared = client_priv(self).shared
   local st = api_state(self)
+  local event = {
+    event = op.event or "request",
+    reason = op.reason,
+    grant = op.grant,
+    method = op.method,
+    path = op.path,
+    attempt = attempt,
+  }
+  local breaker = breaker_for(self)
+  local allowed, info = breaker:allow()
+  if not allowed then
+    local err = errors.new(breaker:open_error(info, op.method, op.path))
+    event.duration_ms, event.error, event.code = 0, err.kind, err.code
+    return nil, err, nil, event
+  end
+  local probe = info == true
+  event.breaker_probe = probe or nil
   local headers = { ["Accept"] = "application/json" }
   local body = op.body
   if type(body) == "table" then
     local s, jerr = json.encode(body)
-    if not s then error("fiskaly: cannot encode request body: " .. tostring(jerr), 3) end
+    if not s then
+      breaker:release(probe)
+      error("fiskaly: cannot encode request body: " .. tostring(jerr), 4)
+    end
     body = s
   end
   if body ~= nil then headers["Content-Type"] = "application/json" end
@@ -158,27 +196,20 @@ function Api:_send(op, attempt, token_override)
   -- service echoes it in the request-id response header.
   local request_id = core.crypto.uuid4()
   headers["X-Request-Id"] = request_id
+  event.request_id = request_id
   local url = self.base_url .. op.path .. encode_query(op.query)
-  local res, terr = shared.session:request{
-    method = op.method, url = url, headers = headers, body = body, timeout_ms = timeout_for(self, op),
-  }
-  local event = {
-    event = op.event or "request",
-    reason = op.reason,
-    grant = op.grant,
-    request_id = request_id,
-    method = op.method,
-    path = op.path,
-    attempt = attempt,
-    duration_ms = res and res.time_ms or terr.time_ms,
-  }
+  local res, terr = runtime.request(shared.session, {
+    method = op.method, url = url, headers = headers, body = body,
+    timeout_ms = timeout_ms or timeout_for(self, op),
+  })
+  event.duration_ms = res and res.time_ms or terr.time_ms
   if not res then
     local err = errors.from_transport(terr, op.method, op.path, known_secrets(self, op.secrets))
     err.request_id = request_id
     event.error = err.kind
     event.code = err.code
-    emit(self, event)
-    return nil, err
+    breaker:record(err, probe)
+    return nil, err, nil, event
   end
   event.status = res.status
   event.connects = res.connects  -- 0 when a kept-alive connection was reused
@@ -186,6 +217,7 @@ function Api:_send(op, attempt, token_override)
   local decoded
   if res.body ~= "" then decoded = json.decode(res.body) end
   if res.status >= 200 and res.status < 300 then
+    breaker:record(nil, probe)
     if res.body == "" then decoded = {} end
     if type(decoded) ~= "table" then
       local err = errors.new{
@@ -193,18 +225,26 @@ function Api:_send(op, attempt, token_override)
         request_id = event.request_id, message = "the response body is not a JSON object",
       }
       event.error = err.kind
-      emit(self, event)
-      return nil, err
+      return nil, err, res, event
     end
-    emit(self, event)
-    return decoded, res
+    return decoded, nil, res, event
   end
   local err = errors.from_response(res, decoded, op.method, op.path, known_secrets(self, op.secrets))
   err.request_id = err.request_id or request_id
   event.error = err.kind
   event.code = err.code
+  event.retry_after = err.retry_after
+  breaker:record(err, probe)
+  return nil, err, res, event
+end
+
+-- One HTTP exchange, logged. Returns the decoded body plus the raw response,
+-- or nil, err (, raw response).
+function Api:_send(op, attempt, token_override, timeout_ms)
+  local res, err, raw, event = self:_exchange(op, attempt, token_override, timeout_ms)
   emit(self, event)
-  return nil, err, res
+  if res then return res, raw end
+  return nil, err, raw
 end
 
 -- Stores a token response; returns it.
@@ -229,8 +269,31 @@ local function store_token(api, res, now)
   return res
 end
 
+-- Milliseconds left until `deadline` (a runtime.now_ms() value), or nil.
+local function remaining(deadline)
+  if not deadline then return nil end
+  return deadline - runtime.now_ms()
+end
+
+-- The timeout of one attempt: the operation's, cut to what is left of the deadline.
+local function attempt_timeout(api, op, deadline)
+  local t = timeout_for(api, op)
+  local left = remaining(deadline)
+  if left and left < t then t = math.max(1, math.floor(left)) end
+  return t
+end
+
+local function deadline_error(op, attempt, last)
+  local e = errors.new{
+    kind = "timeout", code = "DEADLINE_EXCEEDED", retryable = true, method = op.method, path = op.path,
+    message = "the call's deadline passed" .. (last and (" (last error: " .. tostring(last.message) .. ")") or ""),
+  }
+  e.attempts = attempt
+  return e
+end
+
 -- One POST /auth. grant: "api_key" (key + secret) or "refresh_token".
-function Api:_auth_request(grant, reason)
+function Api:_auth_request(grant, reason, deadline, attempt)
   local st = api_state(self)
   local cp = client_priv(self)
   local now = cp.shared.clock()
@@ -240,10 +303,13 @@ function Api:_auth_request(grant, reason)
   else
     body = { api_key = self.client.api_key, api_secret = cp.api_secret }
   end
-  local res, err = self:_send({
+  local op = {
     method = "POST", path = "/auth", auth = false, timeout = "auth", event = "auth", reason = reason,
     grant = grant, body = body,
-  }, 1)
+  }
+  local left = remaining(deadline)
+  if left and left <= 0 then return nil, deadline_error(op, attempt or 1) end
+  local res, err = self:_send(op, attempt or 1, nil, attempt_timeout(self, op, deadline))
   if not res then return nil, err end
   if type(res.access_token) ~= "string" or res.access_token == "" then
     return nil, errors.new{ kind = "http", status = 200, method = "POST", path = "/auth",
@@ -255,52 +321,128 @@ end
 -- Gets a new access token: with the refresh token while it is valid (this
 -- keeps the session, and with it an admin login on a TSS), else, or when the
 -- refresh is refused, with the API key and secret.
-function Api:_authenticate(reason)
+function Api:_authenticate(reason, deadline, attempt)
   local st = api_state(self)
   local now = client_priv(self).shared.clock()
   if reason ~= "explicit" and st.refresh_token and st.refresh_expires_at and now < st.refresh_expires_at then
-    local res, err = self:_auth_request("refresh_token", reason)
+    local res, err = self:_auth_request("refresh_token", reason, deadline, attempt)
     if res then return res end
     if err.status ~= 401 and err.status ~= 400 then return nil, err end
   end
   st.access_token, st.refresh_token, st.expires_at, st.refresh_expires_at = nil, nil, nil, nil
-  return self:_auth_request("api_key", reason)
+  return self:_auth_request("api_key", reason, deadline, attempt)
 end
 
 -- A valid (not about to expire) token, authenticating if needed.
-function Api:_ensure_token()
+function Api:_ensure_token(deadline, attempt, reason)
   local st = api_state(self)
   if st.access_token and client_priv(self).shared.clock() < st.expires_at then return true end
   -- Issue 4: with concurrent coroutines, a pending authentication is shared here.
-  local ok, err = self:_authenticate(st.access_token and "expiring" or "initial")
+  local ok, err = self:_authenticate(reason or (st.access_token and "expiring" or "initial"), deadline, attempt)
   if not ok then return nil, err end
   return true
 end
 
--- "Send with auth": token, send, on 401 re-authenticate once and replay once.
--- op: method, path, query, body, timeout (class) or timeout_ms, secrets (extra
--- values to scrub), probe (an op to run with the same token when a 401 may
--- be the answer to the request itself, e.g. a wrong admin PIN: the request
--- is replayed only when the probe also gets 401, so a wrong PIN is never sent twice).
+-- The total deadline of one call (ms from now).
+local function deadline_for(api, op)
+  local shared = client_priv(api).shared
+  if op.deadline_ms then return op.deadline_ms end
+  local d = shared.retry.deadlines[op.timeout or "default"] or shared.retry.deadlines.default
+  if op.timeout_ms and op.timeout_ms > d then d = op.timeout_ms end  -- one attempt always fits
+  return d
+end
+
+-- "Send with auth, retry what is safe" (issue 4):
+--   * a valid token first (authenticating, with the refresh token if possible);
+--   * on a 401 re-authenticate once and replay once (for a PIN call only when the
+--     `probe` op -- a GET with the same token -- also gets 401, so a wrong PIN
+--     is never sent twice);
+--   * a transient failure (network, timeout, 429, 499, 5xx, retryable codes) of a
+--     request that is safe to repeat (fiskaly.retry.safe) is retried after a
+--     backoff with jitter, or after Retry-After, up to retry.attempts attempts;
+--   * everything together stays within the call's deadline: no sleep runs past it;
+--   * the host's circuit breaker fails the call fast while the host is down.
+-- op: method, path, query, body, timeout (class) or timeout_ms, deadline_ms,
+-- secrets (extra values to scrub), probe, idempotent (override).
+-- Every attempt is logged once, with retry_in_ms when another attempt follows.
 function Api:call(op)
+  local shared = client_priv(self).shared
+  local policy = shared.retry
   local st = api_state(self)
-  local ok, aerr = self:_ensure_token()
-  if not ok then return nil, aerr end
-  local used = st.access_token
-  local res, err = self:_send(op, 1)
-  if res or err.status ~= 401 then return res, err end
-  if op.probe then
-    local pres, perr = self:_send(op.probe, 1, used)
-    if pres or (perr and perr.status ~= 401) then
-      return nil, err  -- the token is fine: the 401 was about the request (PIN/PUK)
+  local deadline = runtime.now_ms() + deadline_for(self, op)
+  local attempt, retries, healed = 0, 0, false
+  local auth_reason
+  local last_err
+  while true do
+    attempt = attempt + 1
+    local left = remaining(deadline)
+    if left <= 0 then return nil, deadline_error(op, attempt - 1, last_err) end
+    local res, err, raw, event
+    local used
+    if op.auth ~= false then
+      local ok, aerr = self:_ensure_token(deadline, attempt, auth_reason)
+      auth_reason = nil
+      if not ok then
+        err = aerr
+        event = nil  -- the auth exchange logged itself
+      end
+      used = st.access_token
+    end
+    if not err then
+      res, err, raw, event = self:_exchange(op, attempt, nil, attempt_timeout(self, op, deadline))
+      if res then
+        emit(self, event)
+        return res, raw
+      end
+    end
+    err.attempts = attempt
+    last_err = err
+    -- 401 on a request: the token was revoked or expired early. Heal once.
+    if event and err.status == 401 and op.auth ~= false then
+      if healed then
+        emit(self, event)
+        return nil, err, raw
+      end
+      emit(self, event)
+      if op.probe then
+        local pres, perr = self:_send(op.probe, attempt, used, attempt_timeout(self, op.probe, deadline))
+        if pres or (perr and perr.status ~= 401) then
+          return nil, err, raw  -- the token is fine: the 401 was about the request (PIN/PUK)
+        end
+      end
+      if st.access_token == used then
+        st.access_token, st.expires_at = nil, nil
+      end
+      healed = true
+      auth_reason = "401"
+    else
+      local safe = retry.safe(op, err)
+      local delay, why
+      if retry.transient(err) and safe and retries < policy.attempts - 1 then
+        delay, why = retry.delay(policy, shared.rand, retries + 1, err)
+        if runtime.now_ms() + delay >= deadline then
+          delay = nil  -- no sleep runs past the deadline
+          if event then event.gave_up = "deadline" end
+        end
+      elseif event and retry.transient(err) then
+        event.gave_up = safe and "attempts" or "unsafe"
+      end
+      if not delay then
+        if event then emit(self, event) end
+        return nil, err, raw
+      end
+      if event then
+        event.retry_in_ms, event.retry_reason = delay, why
+        emit(self, event)
+      else
+        emit(self, { event = "retry", method = op.method, path = op.path, attempt = attempt,
+          error = err.kind, code = err.code, status = err.status, retry_in_ms = delay, retry_reason = why,
+          request_id = err.request_id })
+      end
+      runtime.sleep(delay)
+      retries = retries + 1
     end
   end
-  if st.access_token == used then
-    st.access_token, st.expires_at = nil, nil
-  end
-  ok, aerr = self:_authenticate("401")
-  if not ok then return nil, aerr end
-  return self:_send(op, 2)
 end
 
 -- Authenticate now (even if a token is cached). Returns the auth response
@@ -377,7 +519,9 @@ end
 
 -- fiskaly.new{ base_url, sign_base_url, management_base_url, api_key, api_secret,
 --   ca_file, timeout_ms, connect_timeout_ms, timeouts = {auth=, tx=, tss=, admin=, default=},
---   refresh_margin_s, log, user_agent }
+--   refresh_margin_s, log, user_agent, clock,
+--   retry = { attempts =, base_ms =, max_ms =, deadline_ms =, seed = } | false,
+--   breaker = { failures =, cooldown_ms =, enabled = } | false }
 function M.new(opts)
   if type(opts) ~= "table" then error("fiskaly.new: expected an options table", 2) end
   check_credentials("fiskaly.new", opts.api_key, opts.api_secret)
@@ -412,6 +556,13 @@ function M.new(opts)
   local margin = opts.refresh_margin_s or M.DEFAULT_REFRESH_MARGIN_S
   if type(margin) ~= "number" or margin < 0 then error("fiskaly.new: refresh_margin_s must be >= 0", 2) end
   if opts.clock ~= nil and type(opts.clock) ~= "function" then error("fiskaly.new: clock must be a function", 2) end
+  local policy = retry.config(opts.retry)
+  local breaker = retry.breaker_config(opts.breaker)
+  local seed = policy.seed
+  if seed == nil then
+    -- a random seed per client family (jitter must differ between tills)
+    seed = math.tointeger(tonumber(core.crypto.uuid4():gsub("%-", ""):sub(1, 15), 16))
+  end
 
   local session, serr = core.http.session{
     ca_file = opts.ca_file,
@@ -426,6 +577,10 @@ function M.new(opts)
     timeouts = timeouts,
     refresh_margin_s = margin,
     clock = opts.clock or os.time,
+    retry = policy,
+    rand = retry.rng(seed),
+    breaker = breaker,
+    breakers = {},  -- per host ("scheme://host:port"), shared by with_credentials clients
     sign_base_url = sign_url,
     management_base_url = mgmt_url,
   }
@@ -437,6 +592,22 @@ end
 function Client:with_credentials(api_key, api_secret)
   check_credentials("client:with_credentials", api_key, api_secret)
   return new_client(private[self].shared, api_key, api_secret)
+end
+
+-- The circuit breakers of this client family: { ["scheme://host:port"] =
+-- { state = "closed"|"open"|"half_open", failures =, opened = <times opened>,
+-- probe_in_ms = <ms until the next probe while open> } }.
+function Client:breakers()
+  local shared = private[self].shared
+  local out = {}
+  for host, b in pairs(shared.breakers) do
+    local info = { state = b.state, failures = b.failures, opened = b.opened }
+    if b.state == "open" then
+      info.probe_in_ms = math.max(0, b.opened_at + b.cfg.cooldown_ms - shared.clock() * 1000)
+    end
+    out[host] = info
+  end
+  return out
 end
 
 -- Closes the shared HTTP session (of every client made by with_credentials too).

@@ -3,7 +3,8 @@
 --   { kind = "network"|"timeout"|"tls"|"http"|"api"|"validation"|"state",
 --     status = <HTTP status or nil>, code = <fiskaly E_... code, curl mnemonic, or nil>,
 --     message = <text>, request_id = <response header request-id or nil>,
---     retryable = <bool: the condition is transient>, method =, path =, field = <validation> }
+--     retryable = <bool: the condition is transient>, method =, path =, field = <validation>,
+--     retry_after = <seconds from Retry-After>, attempts = <attempts the call made> }
 --
 -- kind:
 --   network / timeout / tls  the transport failed (from core.http; code is the curl mnemonic)
@@ -162,12 +163,23 @@ function M.state(message, code)
 end
 
 -- From a core.http transport error {kind, code, message}.
+-- curl codes that mean "the server's certificate was not trusted".
+local CERT_CODES = { PEER_FAILED_VERIFICATION = true, SSL_CACERT_BADFILE = true, SSL_ISSUER_ERROR = true }
+
 function M.from_transport(terr, method, path, secrets)
   local kind = terr.kind or "network"
+  local message = tostring(terr.message or terr.code or "transport error")
+  if kind == "tls" and (CERT_CODES[terr.code] or message:find("certificate", 1, true)) then
+    -- Say it plainly, and how to fix it: TLS verification cannot be turned off.
+    if not message:lower():find("certificate verify failed", 1, true) then
+      message = "certificate verify failed: " .. message
+    end
+    message = message .. " (the server's certificate is not signed by a trusted CA; for a private CA pass ca_file)"
+  end
   return M.new{
     kind = kind,
     code = terr.code,
-    message = M.scrub(tostring(terr.message or terr.code or "transport error"), secrets),
+    message = M.scrub(message, secrets),
     -- connection failures and timeouts are transient; a TLS verification failure is not
     retryable = kind ~= "tls",
     method = method,
@@ -234,6 +246,7 @@ function Error.__tostring(e)
   local ctx = {}
   if e.method or e.path then ctx[#ctx + 1] = (e.method or "?") .. " " .. (e.path or "?") end
   if e.request_id then ctx[#ctx + 1] = "request-id " .. tostring(e.request_id) end
+  if math.type(e.attempts) == "integer" and e.attempts > 1 then ctx[#ctx + 1] = e.attempts .. " attempts" end
   if #ctx > 0 then parts[#parts + 1] = " (" .. table.concat(ctx, ", ") .. ")" end
   return table.concat(parts)
 end

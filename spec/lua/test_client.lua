@@ -215,8 +215,10 @@ function TestClientUnits.test_misuse_raises()
 end
 
 function TestClientUnits.test_unreachable_service_is_a_network_error()
-  local c = fiskaly.new{ api_key = "k", api_secret = "s", base_url = "http://127.0.0.1:1" }
+  local c = fiskaly.new{ api_key = "k", api_secret = "s", base_url = "http://127.0.0.1:1",
+    retry = { attempts = 3, base_ms = 5, max_ms = 20, seed = 1 } }
   local r, err = c.sign:list_tss()
+  lu.assertEquals(err.attempts, 3)  -- a refused connection is retried (nothing was sent)
   lu.assertNil(r)
   lu.assertTrue(fiskaly.is_error(err))
   lu.assertEquals(err.kind, "network")
