@@ -109,4 +109,25 @@ function M.expire_all(ctx)
   return n
 end
 
+-- The bearer token of this request (if it is one the sandbox issued) expires
+-- now (fault action expire_token).  Returns true when a token was expired.
+function M.expire_presented(ctx, req)
+  local h = req.headers.authorization
+  local tok = h and h:match("^[Bb]earer%s+(%S+)%s*$")
+  local rec = tok and ctx.state.tokens[tok]
+  if not rec then return false end
+  local now = ctx.now()
+  if rec.expires_at > now - 1 then rec.expires_at = now - 1 end
+  return true
+end
+
+-- Every access and refresh token issued so far becomes invalid (control
+-- endpoint /_sandbox/revoke-tokens).  Returns how many were revoked.
+function M.revoke_all(ctx)
+  local n = 0
+  for tok in pairs(ctx.state.tokens) do ctx.state.tokens[tok] = nil n = n + 1 end
+  for tok in pairs(ctx.state.refresh_tokens) do ctx.state.refresh_tokens[tok] = nil n = n + 1 end
+  return n
+end
+
 return M

@@ -6,13 +6,15 @@
  * mutex.  The API logic is Lua (sandbox/server.lua and its modules).  For each
  * request the host collects the body, locks, calls the Lua handler with
  *   { method=, path=, query={name=value}, query_list={{name,value},...},
- *     headers={lowercased name=value}, body=, received_ms=, body_too_large=? }
+ *     headers={lowercased name=value}, body=, received_ms=, handled_ms=,
+ *     body_too_large=? }
  * and copies the returned response table
  *   { status=, headers={name=value}, body=, delay_ms=?, drop=? }
  * out of Lua before it unlocks.  delay_ms is slept outside the lock (each
  * connection has its own thread), and `drop` (any true value, e.g. "before"
- * or "after") closes the connection without an answer: whether the request
- * was applied first is the Lua side's decision.
+ * or "after") closes the connection without an answer (after the delay):
+ * whether the request was applied first is the Lua side's decision, and
+ * `status` may then be absent.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -40,6 +42,7 @@ typedef struct sandbox_options {
     unsigned port;
     long token_ttl;
     long tss_limit;             /* -1: the Lua default (5, as fiskaly TEST) */
+    long tss_create_delay_ms;   /* extra delay of PUT /api/v2/tss/{id} */
     const char *seed;           /* NULL: random ids and secrets */
     int die_with_parent;
     int verbose;
@@ -107,6 +110,13 @@ typedef struct sandbox_exchange {
 } sandbox_exchange;
 
 /* ------------------------------------------------------------------ utils */
+
+static long long wall_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
 
 static char *dup_mem(const char *s, size_t n)
 {
@@ -224,6 +234,8 @@ static int exchange_call(lua_State *L)
     }
     lua_pushinteger(L, (lua_Integer)ex->received_ms);
     lua_setfield(L, -2, "received_ms");
+    lua_pushinteger(L, (lua_Integer)wall_ms());     /* under the lock: handled now */
+    lua_setfield(L, -2, "handled_ms");
 
     lua_createtable(L, 0, (int)ex->headers->n);
     for (size_t i = 0; i < ex->headers->n; i++) {
@@ -265,8 +277,12 @@ static int exchange_call(lua_State *L)
     if (!lua_istable(L, t))
         return luaL_error(L, "handler returned %s, expected a table", luaL_typename(L, t));
 
+    lua_getfield(L, t, "drop");
+    resp->drop = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "status");
-    {
+    if (!(resp->drop && lua_isnil(L, -1))) {        /* a dropped answer needs none */
         int isnum;
         lua_Integer st = lua_tointegerx(L, -1, &isnum);
         if (!isnum || st < 100 || st > 599)
@@ -284,10 +300,6 @@ static int exchange_call(lua_State *L)
                               (int)SANDBOX_MAX_DELAY_MS);
         resp->delay_ms = (long)d;
     }
-    lua_pop(L, 1);
-
-    lua_getfield(L, t, "drop");
-    resp->drop = lua_toboolean(L, -1);
     lua_pop(L, 1);
 
     copy_string_field(L, t, "body", &resp->body, &resp->body_len);
@@ -373,12 +385,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
 
     if (!req) {                                      /* first call: headers only */
-        struct timespec now;
         req = calloc(1, sizeof *req);
         if (!req)
             return MHD_NO;
-        clock_gettime(CLOCK_REALTIME, &now);
-        req->received_ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        req->received_ms = wall_ms();
         *con_cls = req;
         return MHD_YES;
     }
@@ -504,6 +514,10 @@ static int setup_lua(lua_State *L)
         lua_pushinteger(L, o->tss_limit);
         lua_setfield(L, -2, "tss_limit");
     }
+    if (o->tss_create_delay_ms > 0) {
+        lua_pushinteger(L, o->tss_create_delay_ms);
+        lua_setfield(L, -2, "tss_create_delay_ms");
+    }
     lua_call(L, 1, 2);                               /* handler, credentials */
     if (!lua_isfunction(L, -2) || !lua_istable(L, -1))
         return luaL_error(L, "server.new: expected a handler function and a credentials table");
@@ -525,6 +539,7 @@ static void usage(FILE *f)
           "  --seed N            deterministic ids and secrets (same seed, same account)\n"
           "  --tss-limit N       TSS per organization in CREATED/UNINITIALIZED/INITIALIZED\n"
           "                      (default 5 as in fiskaly TEST; 0: no limit)\n"
+          "  --tss-create-delay-ms N  answer PUT /api/v2/tss/{id} N ms late (slow TSS creation)\n"
           "  --die-with-parent   exit when the parent process exits\n"
           "  --verbose           log requests to stderr\n"
           "  --help              this text\n", f);
@@ -572,6 +587,12 @@ static int parse_options(int argc, char **argv, sandbox_options *o)
                 return 0;
             }
             o->tss_limit = v;
+        } else if (strcmp(a, "--tss-create-delay-ms") == 0 && i + 1 < argc) {
+            if (!parse_long(argv[++i], 0, SANDBOX_MAX_DELAY_MS, &v)) {
+                fprintf(stderr, "fiskaly-sandbox: bad --tss-create-delay-ms %s\n", argv[i]);
+                return 0;
+            }
+            o->tss_create_delay_ms = v;
         } else if (strcmp(a, "--seed") == 0 && i + 1 < argc) {
             if (!parse_long(argv[++i], LONG_MIN, LONG_MAX, &v)) {
                 fprintf(stderr, "fiskaly-sandbox: bad --seed %s\n", argv[i]);
@@ -597,7 +618,7 @@ static const char *cred(lua_State *L, int idx, const char *name)
 
 int main(int argc, char **argv)
 {
-    sandbox_options opt = { 0, 86400, -1, NULL, 0, 0 };
+    sandbox_options opt = { 0, 86400, -1, 0, NULL, 0, 0 };
     pthread_condattr_t cattr;
     sandbox_server srv;
     struct MHD_Daemon *d;

@@ -5,12 +5,17 @@
 --     headers = {lowercased name = value}, body = string,
 --     body_too_large = true? (the body was over 1 MB and dropped by the host),
 --     received_ms = wall-clock milliseconds when the request arrived (system clock,
---                   without the /_sandbox/clock offset) }
+--                   without the /_sandbox/clock offset),
+--     handled_ms = wall-clock milliseconds when the handler was called (under the lock) }
 -- and returns the response the C host sends:
 --   { status = int, headers = {name = value}, body = string,
 --     delay_ms = int?  -- the host sleeps this long (outside the Lua lock) before answering
 --     drop = "before"|"after"|nil }  -- close the connection without an answer; "before":
 --                                     -- the request was not applied, "after": it was
+--                                     -- (status may be absent when drop is set)
+-- API requests (everything outside /_sandbox/) go through the fault rules and the
+-- latency of sandbox.faults and are written to the request log; control requests
+-- are never delayed, faulted or logged.
 -- Route handlers return status, body (a table encoded as JSON, or a string), headers?
 -- or raise sandbox.errors objects, which become fiskaly-format error bodies.
 local json = require "fiskaly.json"
@@ -19,6 +24,7 @@ local context = require "sandbox.context"
 local auth = require "sandbox.auth"
 local management = require "sandbox.management"
 local sign_de = require "sandbox.sign_de"
+local faults = require "sandbox.faults"
 
 local M = {}
 
@@ -71,6 +77,45 @@ local function control_routes(r)
     return 200, { expired = auth.expire_all(ctx) }
   end)
 
+  r("POST", "^/_sandbox/revoke%-tokens$", function(ctx)
+    return 200, { revoked = auth.revoke_all(ctx) }
+  end)
+
+  local function decode_body(req)
+    local body = json.decode(req.body ~= "" and req.body or "{}")
+    if type(body) ~= "table" then errors.schema("body must be object") end
+    return body
+  end
+
+  r("POST", "^/_sandbox/faults$", function(ctx, req)
+    local n = ctx.faults.set(decode_body(req))
+    return 200, { ok = true, rules = n }
+  end)
+  r("GET", "^/_sandbox/faults$", function(ctx)
+    return 200, ctx.faults.describe()
+  end)
+  r("DELETE", "^/_sandbox/faults$", function(ctx)
+    ctx.faults.clear()
+    return 200, { ok = true }
+  end)
+
+  r("POST", "^/_sandbox/latency$", function(ctx, req)
+    local body = decode_body(req)
+    ctx.faults.set_latency(body.ms)
+    return 200, { ok = true, ms = body.ms }
+  end)
+
+  r("GET", "^/_sandbox/requests$", function(ctx, req)
+    local since = req.query.since
+    local n = since and math.tointeger(tonumber(since))
+    if since and (not n or n < 0) then errors.schema("query/since must be a non-negative integer") end
+    return 200, { requests = ctx.faults.requests(n) }
+  end)
+  r("DELETE", "^/_sandbox/requests$", function(ctx)
+    ctx.faults.clear_requests()
+    return 200, { ok = true }
+  end)
+
   r("POST", "^/_sandbox/clock$", function(ctx, req)
     local body = json.decode(req.body ~= "" and req.body or "{}")
     local off = type(body) == "table" and math.tointeger(body.offset_seconds)
@@ -92,18 +137,18 @@ end
 function M.new(opts)
   opts = opts or {}
   local ctx = context.new(opts)
+  ctx.faults = faults.new(ctx)
+  local tss_create_delay = math.tointeger(opts.tss_create_delay_ms) or 0
   local add, match = new_router()
   management.routes(add)
   sign_de.routes(add)
   control_routes(add)
   local creds = seed_account(ctx)
 
-  local function dispatch(req)
+  local function dispatch(req, path)
     if req.body_too_large then
       errors.raise(413, nil, "request body is larger than 1 MB")
     end
-    local path = req.path
-    if #path > 1 then path = path:gsub("/+$", "") end
     local fn, caps = match(req.method, path)
     if not fn then
       if caps then errors.raise(405, "E_METHOD_NOT_ALLOWED", req.method .. " is not allowed on " .. path) end
@@ -112,9 +157,9 @@ function M.new(opts)
     return fn(ctx, req, table.unpack(caps))
   end
 
-  local function handler(req)
-    local request_id = req.headers["x-request-id"] or ctx.uuid()
-    local ok, status, body, headers = pcall(dispatch, req)
+  -- status, body (a table or string), headers of the request, errors mapped.
+  local function run(req, path)
+    local ok, status, body, headers = pcall(dispatch, req, path)
     if not ok then
       local e = status
       if not errors.is(e) then
@@ -123,10 +168,59 @@ function M.new(opts)
       end
       status, body, headers = e.status, errors.body(e), nil
     end
+    return status, body, headers
+  end
+
+  local function response(request_id, status, body, headers)
     local h = { ["request-id"] = request_id, ["Content-Type"] = "application/json" }
     for k, v in pairs(headers or {}) do h[k] = v end
     if type(body) == "table" then body = assert(json.encode(body)) end
     return { status = status, headers = h, body = body or "" }
+  end
+
+  local function handler(req)
+    local request_id = req.headers["x-request-id"] or ctx.uuid()
+    local path = req.path
+    if #path > 1 then path = path:gsub("/+$", "") end
+    if path == "/_sandbox" or path:sub(1, 10) == "/_sandbox/" then
+      return response(request_id, run(req, path))
+    end
+
+    -- An API request: fault rules, latency, request log.
+    local F = ctx.faults
+    local rule, index = F.match(req.method, path)
+    local action = rule and rule.action
+    local delay = F.latency_ms + (rule and rule.delay_ms or 0)
+    if tss_create_delay > 0 and req.method == "PUT" and path:match("^/api/v2/tss/[^/]+$") then
+      delay = delay + tss_create_delay
+    end
+    local status, body, headers, drop
+    if action == "drop_before" then
+      drop = "before"
+    elseif action == "status" then
+      status = rule.status
+      body = errors.body(errors.new(rule.status, rule.code, rule.message))
+      if rule.retry_after then headers = { ["Retry-After"] = tostring(rule.retry_after) } end
+    elseif action == "expire_token" then
+      auth.expire_presented(ctx, req)
+      status, body = 401, errors.body(errors.new(401, "E_UNAUTHORIZED", "The access token has expired"))
+    else
+      status, body, headers = run(req, path)
+      if action == "drop_after" then drop = "after" end
+    end
+    delay = math.min(delay, faults.MAX_DELAY_MS)
+    F.record{
+      method = req.method, path = path, query = next(req.query) and req.query or nil,
+      status = status, action = action, rule = index, dropped = drop ~= nil,
+      retry_after = headers and tonumber(headers["Retry-After"]) or nil,
+      delay_ms = delay, received_ms = req.received_ms, handled_ms = req.handled_ms,
+      respond_ms = req.handled_ms and req.handled_ms + delay or nil,
+      request_id = request_id,
+    }
+    if drop then return { drop = drop, delay_ms = delay } end
+    local resp = response(request_id, status, body, headers)
+    resp.delay_ms = delay > 0 and delay or nil
+    return resp
   end
 
   return handler, creds
