@@ -201,13 +201,23 @@ end
 
 -- ------------------------------------------------------------ driving
 
-local function run_ready()
-  -- Only what is ready now: tasks made ready while running wait for the next round.
+-- Resumes the tasks that are ready now (tasks made ready meanwhile wait for
+-- the next round).  Stops once `deadline` passed (at least one task runs), so
+-- a step's CPU work is bounded too; the rest stay first in the queue.
+local function run_ready(deadline)
   local q = ready
   ready = {}
-  for i = 1, #q do
+  local n = #q
+  for i = 1, n do
     local e = q[i]
     if not e[1].done then resume(e[1], e[2]) end
+    if deadline and i < n and now_ms() >= deadline then
+      local rest = {}
+      for j = i + 1, n do rest[#rest + 1] = q[j] end
+      for j = 1, #ready do rest[#rest + 1] = ready[j] end
+      ready = rest
+      return
+    end
   end
 end
 
@@ -270,7 +280,7 @@ function M.step(timeout_ms)
 
   fire_timers()
   local progressed = #ready > 0
-  run_ready()
+  run_ready(deadline)
   while true do
     local act = active_sessions()
     local now = now_ms()
@@ -300,9 +310,9 @@ function M.step(timeout_ms)
       http.sleep_ms(wait)  -- only timers: wait for the first (bounded by the deadline)
     end
     fire_timers()
-    if #ready > 0 then
+    if #ready > 0 and not progressed then
       progressed = true
-      run_ready()
+      run_ready(deadline)
     end
     if progressed or live == 0 or now_ms() >= deadline then break end
     if not timers[1] and next(sessions) == nil then break end  -- nothing can happen
