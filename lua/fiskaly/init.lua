@@ -11,6 +11,7 @@ local core = require "fiskaly.core"
 local client = require "fiskaly.client"
 local errors = require "fiskaly.errors"
 local json = require "fiskaly.json"
+local runtime = require "fiskaly.runtime"
 
 local M = {
   version = core.version,
@@ -24,6 +25,14 @@ local M = {
   uuid4 = core.crypto.uuid4,
   DEFAULT_SIGN_BASE_URL = client.DEFAULT_SIGN_BASE_URL,
   DEFAULT_MANAGEMENT_BASE_URL = client.DEFAULT_MANAGEMENT_BASE_URL,
+  -- Concurrency (fiskaly.runtime, docs/concurrency.md): client calls made inside
+  -- a task yield while their request is in flight.
+  --   fiskaly.spawn(fn, ...) -> task; fiskaly.step(timeout_ms) (host event loop);
+  --   fiskaly.run([timeout_ms]) (scripts: until every task is done)
+  runtime = runtime,
+  spawn = runtime.spawn,
+  step = runtime.step,
+  run = runtime.run,
 }
 
 local lazy = {
