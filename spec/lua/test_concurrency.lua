@@ -1,0 +1,178 @@
+-- Issue 4, done-criterion: 64 sales (transaction start + finish) run
+-- concurrently through ONE client against a sandbox with 50 ms latency.
+--
+-- What is shown, from the sandbox's own request log (not from sleeps or the
+-- test's clock): the requests overlap (many arrive within one latency window,
+-- and the number in flight at once is far above 1), and the whole batch takes
+-- far less than 64 x 2 x 50 ms. Every sale is signed and every signature
+-- counter and transaction number is unique. A host loop driving
+-- runtime.step(timeout) never waits longer than its own timeout (+ slack).
+local lu = require "luaunit"
+local fiskaly = require "fiskaly"
+local core = require "fiskaly.core"
+local json = require "fiskaly.json"
+local runtime = require "fiskaly.runtime"
+local helper = require "helpers.sandbox"
+
+local sb = helper.start()
+local N = 64
+local LATENCY_MS = 50
+local STEP_MS = 25
+local SLACK_MS = 50
+local MAX_ROUNDS = 100000
+
+local ctl = core.http.session{}
+local function control(method, path, body)
+  local r = assert(ctl:request{ method = method, url = sb.base_url .. path, body = body and json.encode(body),
+    headers = body and { ["Content-Type"] = "application/json" } or nil })
+  assert(r.status == 200, path .. ": " .. r.status .. " " .. r.body)
+  return json.decode(r.body)
+end
+
+-- One TSS with one client, set up without latency.
+local function setup()
+  control("DELETE", "/_sandbox/faults")
+  local client = assert(fiskaly.new{ base_url = sb.base_url, api_key = sb.api_key, api_secret = sb.api_secret })
+  local tss_id = fiskaly.uuid4()
+  local tss = assert(client.sign:create_tss(tss_id, {}))
+  assert(client.sign:update_tss(tss_id, { state = "UNINITIALIZED" }))
+  local pin = "4711-0815-42"
+  assert(client.sign:change_admin_pin(tss_id, tss.admin_puk, pin))
+  assert(client.sign:admin_auth(tss_id, pin))
+  assert(client.sign:update_tss(tss_id, { state = "INITIALIZED" }))
+  local client_id = fiskaly.uuid4()
+  assert(client.sign:create_client(tss_id, client_id, { serial_number = "POS-CONCURRENT" }))
+  assert(client.sign:admin_logout(tss_id))
+  return client, tss_id, client_id
+end
+
+-- One sale: ACTIVE (revision 1), then FINISHED (revision 2) with a receipt.
+local function sale(client, tss_id, client_id, i)
+  local tx_id = fiskaly.uuid4()
+  local cents = 100 + i
+  local amount = string.format("%d.%02d", cents // 100, cents % 100)
+  local started, err = client.sign:upsert_transaction(tss_id, tx_id, 1, { state = "ACTIVE", client_id = client_id })
+  if not started then return nil, err end
+  local finished, ferr = client.sign:upsert_transaction(tss_id, tx_id, 2, {
+    state = "FINISHED", client_id = client_id,
+    schema = { standard_v1 = { receipt = {
+      receipt_type = "RECEIPT",
+      amounts_per_vat_rate = json.array{ { vat_rate = "NORMAL", amount = amount } },
+      amounts_per_payment_type = json.array{ { payment_type = "CASH", amount = amount } },
+    } } },
+  })
+  if not finished then return nil, ferr end
+  return { id = tx_id, started = started, finished = finished, amount = amount }
+end
+
+-- Largest number of logged requests whose [received_ms, respond_ms] intervals overlap.
+local function max_in_flight(log)
+  local ev = {}
+  for _, e in ipairs(log) do
+    ev[#ev + 1] = { e.received_ms, 1 }
+    ev[#ev + 1] = { e.respond_ms, -1 }
+  end
+  table.sort(ev, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+  local cur, best = 0, 0
+  for _, e in ipairs(ev) do
+    cur = cur + e[2]
+    if cur > best then best = cur end
+  end
+  return best
+end
+
+TestConcurrency = {}
+
+function TestConcurrency.test_64_sales_concurrently_through_one_client()
+  local client, tss_id, client_id = setup()
+  assert(client.sign:auth())  -- a cached token: this test is about the sales
+  control("POST", "/_sandbox/latency", { ms = LATENCY_MS })
+  control("DELETE", "/_sandbox/requests")
+
+  local tasks = {}
+  for i = 1, N do tasks[i] = fiskaly.spawn(sale, client, tss_id, client_id, i) end
+  -- the host's event loop: step(STEP_MS) until everything is done
+  local calls, worst = 0, 0
+  while runtime.pending() > 0 do
+    calls = calls + 1
+    assert(calls < MAX_ROUNDS, "sales never finished")
+    local t0 = runtime.now_ms()
+    fiskaly.step(STEP_MS)
+    local dt = runtime.now_ms() - t0
+    if dt > worst then worst = dt end
+  end
+  lu.assertTrue(worst <= STEP_MS + SLACK_MS, "a step(" .. STEP_MS .. ") call took " .. worst .. " ms")
+  control("POST", "/_sandbox/latency", { ms = 0 })
+
+  -- all 64 signed; transaction numbers and signature counters unique
+  local numbers, counters = {}, {}
+  for i, t in ipairs(tasks) do
+    local ok, s, err = t:result()
+    lu.assertTrue(ok, tostring(s))
+    lu.assertNotNil(s, "sale " .. i .. ": " .. tostring(err))
+    lu.assertEquals(s.started.state, "ACTIVE")
+    lu.assertEquals(s.finished.state, "FINISHED")
+    lu.assertEquals(s.finished.number, s.started.number)
+    lu.assertIsString(s.finished.signature.value)
+    lu.assertStrContains(s.finished.qr_code_data, "Beleg^" .. s.amount .. "_0.00_0.00_0.00_0.00^" .. s.amount .. ":Bar")
+    lu.assertTrue(core.tse.verify_qr(s.finished.qr_code_data).valid, "sale " .. i .. " QR verifies")
+    lu.assertNil(numbers[s.finished.number], "transaction number unique")
+    numbers[s.finished.number] = true
+    for _, c in ipairs{ s.started.signature.counter, s.finished.signature.counter } do
+      lu.assertNil(counters[c], "signature counter " .. c .. " unique")
+      counters[c] = true
+    end
+  end
+
+  -- the sandbox's log: 128 transaction PUTs, nothing else (the token was cached)
+  local log = control("GET", "/_sandbox/requests").requests
+  lu.assertEquals(#log, 2 * N)
+  local first_rx, last_tx, first_answer = math.huge, 0, math.huge
+  for _, e in ipairs(log) do
+    lu.assertEquals(e.method, "PUT")
+    lu.assertEquals(e.status, 200)
+    first_rx = math.min(first_rx, e.received_ms)
+    first_answer = math.min(first_answer, e.respond_ms)
+    last_tx = math.max(last_tx, e.respond_ms)
+  end
+  -- overlap: many requests arrived before the first one was answered, many in flight at once
+  local in_first_window = 0
+  for _, e in ipairs(log) do if e.received_ms <= first_answer then in_first_window = in_first_window + 1 end end
+  local peak = max_in_flight(log)
+  lu.assertTrue(in_first_window >= N / 2,
+    in_first_window .. " requests arrived within the first latency window (expected >= " .. N / 2 .. ")")
+  lu.assertTrue(peak >= N / 2, "peak requests in flight " .. peak)
+  -- wall time of the batch, from sandbox timestamps, far below the sequential 64 x 2 x 50 ms
+  local span = last_tx - first_rx
+  local sequential = N * 2 * LATENCY_MS
+  lu.assertTrue(span * 4 <= sequential, string.format("batch took %d ms; sequential would take >= %d ms", span, sequential))
+  print(string.format("\n64 sales: %d ms (sandbox timestamps) vs >= %d ms sequential: ratio %.1f; peak in flight %d; "
+    .. "%d arrived in the first window; %d host steps, worst %d ms", span, sequential, sequential / math.max(span, 1),
+    peak, in_first_window, calls, worst))
+  client:close()
+end
+
+function TestConcurrency.test_blocking_calls_still_work_for_scripts()
+  local client, tss_id, client_id = setup()
+  local s = assert(sale(client, tss_id, client_id, 1))
+  lu.assertEquals(s.finished.state, "FINISHED")
+  lu.assertEquals(runtime.pending(), 0)
+  client:close()
+end
+
+function TestConcurrency.test_run_drives_sales_for_scripts()
+  local client, tss_id, client_id = setup()
+  control("POST", "/_sandbox/latency", { ms = LATENCY_MS })
+  local tasks = {}
+  for i = 1, 8 do tasks[i] = fiskaly.spawn(sale, client, tss_id, client_id, i) end
+  lu.assertTrue(fiskaly.run(30000))
+  control("POST", "/_sandbox/latency", { ms = 0 })
+  for _, t in ipairs(tasks) do
+    local ok, s = t:result()
+    lu.assertTrue(ok)
+    lu.assertEquals(s.finished.state, "FINISHED")
+  end
+  client:close()
+end
+
+os.exit(lu.LuaUnit.run())
