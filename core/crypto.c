@@ -4,6 +4,7 @@
 #include "internal.h"
 #include "crypto.h"
 
+#include <ctype.h>
 #include <string.h>
 
 #include <openssl/bio.h>
@@ -815,6 +816,181 @@ static int crypto_verify(lua_State *L)
     return 2;
 }
 
+/* ------------------------------------------------------------------ issuing certificates */
+
+/* Adds extension nid=value; issuer (may equal x) supplies the authority key id. */
+static int cert_add_ext_issued(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+    int ok = ext != NULL && X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    return ok;
+}
+
+/* Each SAN entry: "DNS:<name>" or "IP:<address>" of harmless characters only. */
+static int san_entry_ok(const char *s, size_t n)
+{
+    size_t skip;
+    if (n > 4 && memcmp(s, "DNS:", 4) == 0)
+        skip = 4;
+    else if (n > 3 && memcmp(s, "IP:", 3) == 0)
+        skip = 3;
+    else
+        return 0;
+    if (n - skip > 253)
+        return 0;
+    for (size_t i = skip; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!(isalnum(c) || c == '.' || c == '-' || c == ':' || c == '*'))
+            return 0;
+    }
+    return 1;
+}
+
+typedef struct issue_args {
+    EVP_PKEY *subject;           /* borrowed from the Key userdata */
+    EVP_PKEY *issuer_key;        /* borrowed */
+    const fiskaly_curve *issuer_curve;
+    const char *issuer_pem;      /* NULL: self-signed */
+    size_t issuer_pem_len;
+    const char *cn;
+    const char *san;             /* "DNS:a,IP:b" or NULL */
+    long days;
+    int ca;
+} issue_args;
+
+/* Builds and signs the certificate into bio; returns 1, or 0 with a reason
+ * (queue left for the caller) or with *why set (queue clear). */
+static int cert_issue(const issue_args *a, BIO *bio, const char **why)
+{
+    unsigned char rnd[16];
+    X509 *x = X509_new();
+    X509 *issuer = NULL;
+    BIGNUM *bn = NULL;
+    int ok = x != NULL;
+    *why = NULL;
+    if (ok && a->issuer_pem != NULL) {
+        issuer = cert_read(a->issuer_pem, a->issuer_pem_len);
+        if (issuer == NULL) {
+            *why = "issue_certificate: issuer_cert is not a PEM or DER X.509 certificate";
+            ok = 0;
+        } else if (X509_check_private_key(issuer, a->issuer_key) != 1) {
+            ERR_clear_error();
+            *why = "issue_certificate: issuer_key does not belong to issuer_cert";
+            ok = 0;
+        }
+    }
+    ok = ok && RAND_bytes(rnd, sizeof rnd) == 1;
+    rnd[0] &= 0x7f;                                  /* positive serial */
+    X509_NAME *name = ok ? X509_get_subject_name(x) : NULL;
+    ok = ok && (bn = BN_bin2bn(rnd, sizeof rnd, NULL)) != NULL
+         && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL
+         && X509_set_version(x, X509_VERSION_3)
+         && X509_gmtime_adj(X509_getm_notBefore(x), -60) != NULL
+         && X509_time_adj_ex(X509_getm_notAfter(x), (int)a->days, 0, NULL) != NULL
+         && X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)a->cn, -1, -1, 0)
+         && X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer) : name)
+         && X509_set_pubkey(x, a->subject)
+         && cert_add_ext_issued(x, x, NID_subject_key_identifier, "hash");
+    if (ok && a->ca)
+        ok = cert_add_ext_issued(x, x, NID_basic_constraints, "critical,CA:TRUE")
+             && cert_add_ext_issued(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    else if (ok)
+        ok = cert_add_ext_issued(x, x, NID_basic_constraints, "critical,CA:FALSE")
+             && cert_add_ext_issued(x, x, NID_key_usage, "critical,digitalSignature");
+    if (ok && a->san != NULL)
+        ok = cert_add_ext_issued(x, x, NID_subject_alt_name, a->san)
+             && (a->ca || cert_add_ext_issued(x, x, NID_ext_key_usage, "serverAuth"));
+    if (ok && issuer != NULL)
+        ok = cert_add_ext_issued(x, issuer, NID_authority_key_identifier, "keyid:always");
+    ok = ok && X509_sign(x, a->issuer_key, EVP_get_digestbyname(a->issuer_curve->md)) > 0
+         && PEM_write_bio_X509(bio, x);
+    BN_free(bn);
+    X509_free(issuer);
+    X509_free(x);
+    return ok;
+}
+
+/*
+ * issue_certificate{ key =, common_name =, days = 365, ca = false, san = {...},
+ *                    issuer_key = key, issuer_cert = pem } -> PEM | nil, err
+ */
+static int crypto_issue_certificate(lua_State *L)
+{
+    issue_args a;
+    memset(&a, 0, sizeof a);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+
+    lua_getfield(L, 1, "key");                       /* 2 */
+    a.subject = check_key(L, 2)->pkey;
+    lua_getfield(L, 1, "common_name");               /* 3 */
+    if (lua_type(L, 3) != LUA_TSTRING)
+        return luaL_error(L, "issue_certificate: common_name must be a string");
+    a.cn = lua_tostring(L, 3);
+    luaL_argcheck(L, a.cn[0] != '\0' && strlen(a.cn) <= 64, 1, "common_name must be 1..64 bytes");
+    lua_getfield(L, 1, "days");                      /* 4 */
+    lua_Integer days = luaL_optinteger(L, 4, 365);
+    luaL_argcheck(L, days >= 1 && days <= 36500, 1, "days must be between 1 and 36500");
+    a.days = (long)days;
+    lua_getfield(L, 1, "ca");                        /* 5 */
+    a.ca = lua_toboolean(L, 5);
+    lua_getfield(L, 1, "issuer_key");                /* 6 */
+    if (lua_isnil(L, 6)) {
+        key_ud *k = check_key(L, 2);
+        a.issuer_key = k->pkey;
+        a.issuer_curve = k->curve;
+    } else {
+        key_ud *k = check_key(L, 6);
+        a.issuer_key = k->pkey;
+        a.issuer_curve = k->curve;
+    }
+    lua_getfield(L, 1, "issuer_cert");               /* 7 */
+    if (!lua_isnil(L, 7)) {
+        if (lua_type(L, 7) != LUA_TSTRING)
+            return luaL_error(L, "issue_certificate: issuer_cert must be a PEM string");
+        a.issuer_pem = lua_tolstring(L, 7, &a.issuer_pem_len);
+        luaL_argcheck(L, a.issuer_pem_len <= 0x100000, 1, "issuer_cert too long");
+    } else if (!lua_isnil(L, 6)) {
+        return luaL_error(L, "issue_certificate: issuer_key needs issuer_cert");
+    }
+    lua_getfield(L, 1, "san");                       /* 8 */
+    if (!lua_isnil(L, 8)) {
+        luaL_checktype(L, 8, LUA_TTABLE);
+        lua_Integer n = luaL_len(L, 8);
+        luaL_argcheck(L, n >= 1 && n <= 32, 1, "san must list 1..32 entries");
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);                        /* buffer at 9 (maybe) */
+        for (lua_Integer i = 1; i <= n; i++) {
+            size_t len;
+            const char *e = lua_geti(L, 8, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (e == NULL || !san_entry_ok(e, len))
+                return luaL_error(L, "issue_certificate: san entries must be \"DNS:<name>\" or \"IP:<address>\"");
+            if (i > 1)
+                luaL_addchar(&b, ',');
+            luaL_addvalue(&b);
+        }
+        luaL_pushresult(&b);
+        a.san = lua_tostring(L, -1);
+    }
+
+    BIO *bio = biobox_new(L);
+    const char *why = NULL;
+    if (bio == NULL || !cert_issue(&a, bio, &why)) {
+        if (why != NULL) {
+            lua_pushnil(L);
+            lua_pushstring(L, why);
+            return 2;
+        }
+        return fiskaly_push_openssl_error(L, "issue_certificate");
+    }
+    biobox_push_contents(L);
+    return 1;
+}
+
 /* ------------------------------------------------------------------ registration */
 
 static const luaL_Reg key_methods[] = {
@@ -854,6 +1030,7 @@ static const luaL_Reg crypto_funcs[] = {
     { "load_key", crypto_load_key },
     { "verify", crypto_verify },
     { "certificate_info", crypto_certificate_info },
+    { "issue_certificate", crypto_issue_certificate },
     { NULL, NULL },
 };
 
