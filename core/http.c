@@ -2,7 +2,7 @@
  * http.c -- fiskaly.core.http: an HTTP session over libcurl.
  *
  *   local s = core.http.session{ ca_file =, timeout_ms =, connect_timeout_ms =, user_agent = }
- *   local res, err = s:request{ method =, url =, headers = {}, body =, timeout_ms = }
+ *   local res, err = s:request{ method =, url =, headers = {}, body =, timeout_ms =, fresh_connect = }
  *
  * Design (so a non-blocking driver can be added without a rewrite):
  *
@@ -660,7 +660,8 @@ static void transfer_build_headers(lua_State *L, http_transfer *t, int req)
     do { CURLcode rc_ = curl_easy_setopt((easy), (opt), (val)); if (rc_ != CURLE_OK) return rc_; } while (0)
 
 static CURLcode transfer_setup(http_transfer *t, http_session *s, const char *method,
-                               const char *url, const char *body, size_t body_len, long timeout_ms)
+                               const char *url, const char *body, size_t body_len, long timeout_ms,
+                               int fresh_connect)
 {
     CURL *e = t->easy;
     SETOPT(e, CURLOPT_PRIVATE, (void *)t);
@@ -682,6 +683,11 @@ static CURLcode transfer_setup(http_transfer *t, http_session *s, const char *me
     SETOPT(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, s->connect_timeout_ms < timeout_ms ? s->connect_timeout_ms : timeout_ms);
     SETOPT(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* A request that must never be sent twice gets a new connection: libcurl
+     * silently resends a request once when a *reused* connection dies before
+     * any answer byte, which would repeat e.g. an admin PIN the server had
+     * already processed. */
+    SETOPT(e, CURLOPT_FRESH_CONNECT, fresh_connect ? 1L : 0L);
     SETOPT(e, CURLOPT_USERAGENT, s->user_agent);
     SETOPT(e, CURLOPT_WRITEFUNCTION, http_write_cb);
     SETOPT(e, CURLOPT_WRITEDATA, (void *)t);
@@ -792,6 +798,9 @@ static int transfer_start(lua_State *L, http_session *s, int req, http_transfer 
         luaL_error(L, "body must be a string");
 
     long timeout_ms = opt_ms_field(L, req, "timeout_ms", s->timeout_ms);
+    lua_getfield(L, req, "fresh_connect");
+    int fresh_connect = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     transfer_build_headers(L, t, req);
 
     /* From here on nothing raises until the transfer is detached. */
@@ -801,7 +810,7 @@ static int transfer_start(lua_State *L, http_session *s, int req, http_transfer 
         transfer_close(t);
         return http_push_error(L, "network", "OUT_OF_MEMORY", "curl_easy_init failed");
     }
-    CURLcode rc = transfer_setup(t, s, method, url, body, body_len, timeout_ms);
+    CURLcode rc = transfer_setup(t, s, method, url, body, body_len, timeout_ms, fresh_connect);
     lua_settop(L, top);   /* url and body were copied by libcurl (CURLOPT_URL, COPYPOSTFIELDS) */
     if (rc != CURLE_OK) {
         transfer_close(t);
