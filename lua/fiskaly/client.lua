@@ -201,6 +201,9 @@ function Api:_exchange(op, attempt, token_override, timeout_ms)
   local res, terr = runtime.request(shared.session, {
     method = op.method, url = url, headers = headers, body = body,
     timeout_ms = timeout_ms or timeout_for(self, op),
+    -- what must not be sent twice never rides a reused connection (libcurl
+    -- would resend it by itself if that connection turned out dead)
+    fresh_connect = not retry.safe(op) or nil,
   })
   event.duration_ms = res and res.time_ms or terr.time_ms
   if not res then
@@ -337,8 +340,12 @@ end
 function Api:_ensure_token(deadline, attempt, reason)
   local st = api_state(self)
   if st.access_token and client_priv(self).shared.clock() < st.expires_at then return true end
-  -- Issue 4: with concurrent coroutines, a pending authentication is shared here.
-  local ok, err = self:_authenticate(reason or (st.access_token and "expiring" or "initial"), deadline, attempt)
+  -- Concurrent runtime tasks share one pending authentication (per token
+  -- state): the others wait for it, then use the token it stored.
+  local ok, err = runtime.once(st, function()
+    if st.access_token and client_priv(self).shared.clock() < st.expires_at then return true end
+    return self:_authenticate(reason or (st.access_token and "expiring" or "initial"), deadline, attempt)
+  end)
   if not ok then return nil, err end
   return true
 end
