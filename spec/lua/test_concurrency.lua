@@ -152,6 +152,44 @@ function TestConcurrency.test_64_sales_concurrently_through_one_client()
   client:close()
 end
 
+-- Many tasks needing a token at once share one authentication; so do many
+-- tasks that all get a 401 after the tokens were revoked mid-session.
+function TestConcurrency.test_concurrent_tasks_share_one_authentication()
+  local client, tss_id, client_id = setup()
+  local fresh = assert(fiskaly.new{ base_url = sb.base_url, api_key = sb.api_key, api_secret = sb.api_secret })
+  lu.assertEquals(fresh.sign:auth_count(), 0)
+  control("POST", "/_sandbox/latency", { ms = LATENCY_MS })
+  control("DELETE", "/_sandbox/requests")
+  local tasks = {}
+  for i = 1, 16 do tasks[i] = fiskaly.spawn(sale, fresh, tss_id, client_id, i) end
+  lu.assertTrue(fiskaly.run(30000))
+  for _, t in ipairs(tasks) do
+    local ok, s, err = t:result()
+    lu.assertTrue(ok, tostring(s))
+    lu.assertNotNil(s, tostring(err))
+  end
+  lu.assertEquals(fresh.sign:auth_count(), 1, "16 tasks, one authentication")
+  local auths = 0
+  for _, e in ipairs(control("GET", "/_sandbox/requests").requests) do
+    if e.path:match("/auth$") then auths = auths + 1 end
+  end
+  lu.assertEquals(auths, 1, "one POST /auth in the sandbox log")
+
+  -- every token revoked: the 16 tasks' 401s are healed by one re-authentication
+  control("POST", "/_sandbox/revoke-tokens")
+  for i = 1, 16 do tasks[i] = fiskaly.spawn(sale, fresh, tss_id, client_id, 100 + i) end
+  lu.assertTrue(fiskaly.run(30000))
+  control("POST", "/_sandbox/latency", { ms = 0 })
+  for _, t in ipairs(tasks) do
+    local ok, s, err = t:result()
+    lu.assertTrue(ok, tostring(s))
+    lu.assertNotNil(s, tostring(err))
+  end
+  lu.assertEquals(fresh.sign:auth_count(), 2, "one re-authentication for all 401s")
+  fresh:close()
+  client:close()
+end
+
 function TestConcurrency.test_blocking_calls_still_work_for_scripts()
   local client, tss_id, client_id = setup()
   local s = assert(sale(client, tss_id, client_id, 1))
