@@ -15,15 +15,21 @@
  * or "after") closes the connection without an answer (after the delay):
  * whether the request was applied first is the Lua side's decision, and
  * `status` may then be absent.
+ *
+ * With --tls it serves HTTPS (libmicrohttpd with GnuTLS) with a CA and a server
+ * certificate made at start by sandbox/tls.lua (core.crypto); the CA PEM is
+ * written to a file whose path is printed as FISKALY_CA_FILE.
  */
 #define _GNU_SOURCE
 #include "internal.h"
 
 #include <lualib.h>
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -32,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,7 +53,19 @@ typedef struct sandbox_options {
     const char *seed;           /* NULL: random ids and secrets */
     int die_with_parent;
     int verbose;
+    int tls;                    /* serve HTTPS */
+    const char *ca_file;        /* where to write the CA PEM (NULL: a temporary file) */
 } sandbox_options;
+
+/* The PEMs of --tls, copied out of Lua (owned here; the key is wiped on free). */
+typedef struct sandbox_tls {
+    char *ca_pem;
+    char *cert_pem;
+    char *key_pem;
+    size_t key_len;
+    char ca_path[4096];         /* the file the CA was written to */
+    int ca_path_temporary;      /* created by us: removed at exit */
+} sandbox_tls;
 
 typedef struct sandbox_server {
     pthread_mutex_t lock;       /* guards L */
@@ -521,7 +540,99 @@ static int setup_lua(lua_State *L)
     lua_call(L, 1, 2);                               /* handler, credentials */
     if (!lua_isfunction(L, -2) || !lua_istable(L, -1))
         return luaL_error(L, "server.new: expected a handler function and a credentials table");
-    return 2;
+    if (!o->tls) {
+        lua_pushnil(L);
+        return 3;
+    }
+    if (luaL_loadfile(L, FISKALY_SANDBOX_LUA_DIR "/tls.lua") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);                               /* the tls module */
+    lua_getfield(L, -1, "generate");
+    lua_remove(L, -2);
+    lua_call(L, 0, 1);                               /* { ca_pem, cert_pem, key_pem } */
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "tls.generate: expected a table");
+    return 3;
+}
+
+/* Copies the PEMs of the table at idx into t (under pcall: may raise). */
+static int copy_tls(lua_State *L)
+{
+    sandbox_tls *t = lua_touserdata(L, 1);
+    size_t n;
+    copy_string_field(L, 2, "ca_pem", &t->ca_pem, NULL);
+    copy_string_field(L, 2, "cert_pem", &t->cert_pem, NULL);
+    copy_string_field(L, 2, "key_pem", &t->key_pem, &n);
+    t->key_len = n;
+    if (!t->ca_pem || !t->cert_pem || !t->key_pem)
+        return luaL_error(L, "tls.generate: missing ca_pem, cert_pem or key_pem");
+    return 0;
+}
+
+static void tls_free(sandbox_tls *t)
+{
+    if (t->key_pem)
+        OPENSSL_cleanse(t->key_pem, t->key_len);
+    free(t->key_pem);
+    free(t->cert_pem);
+    free(t->ca_pem);
+    t->key_pem = t->cert_pem = t->ca_pem = NULL;
+    if (t->ca_path_temporary && t->ca_path[0])
+        unlink(t->ca_path);
+    t->ca_path_temporary = 0;
+}
+
+/* Writes the CA PEM to o->ca_file, or to a new $TMPDIR/fiskaly-sandbox-ca-XXXXXX.pem. */
+static int write_ca_file(sandbox_tls *t, const char *path)
+{
+    size_t len = strlen(t->ca_pem), off = 0;
+    int fd;
+    if (path) {
+        if (strlen(path) >= sizeof t->ca_path) {
+            fprintf(stderr, "fiskaly-sandbox: --ca-file path too long\n");
+            return 0;
+        }
+        strcpy(t->ca_path, path);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    } else {
+        const char *dir = getenv("TMPDIR");
+        int n;
+        if (!dir || !*dir)
+            dir = "/tmp";
+        n = snprintf(t->ca_path, sizeof t->ca_path, "%s/fiskaly-sandbox-ca-XXXXXX.pem", dir);
+        if (n < 0 || (size_t)n >= sizeof t->ca_path) {
+            fprintf(stderr, "fiskaly-sandbox: TMPDIR too long\n");
+            return 0;
+        }
+        fd = mkstemps(t->ca_path, 4);
+        if (fd >= 0) {
+            t->ca_path_temporary = 1;
+            if (fchmod(fd, 0644) != 0) {             /* a certificate is public */
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    if (fd < 0) {
+        fprintf(stderr, "fiskaly-sandbox: cannot create %s: %s\n", t->ca_path, strerror(errno));
+        return 0;
+    }
+    while (off < len) {
+        ssize_t w = write(fd, t->ca_pem + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            fprintf(stderr, "fiskaly-sandbox: cannot write %s: %s\n", t->ca_path, strerror(errno));
+            close(fd);
+            return 0;
+        }
+        off += (size_t)w;
+    }
+    if (close(fd) != 0) {
+        fprintf(stderr, "fiskaly-sandbox: cannot write %s: %s\n", t->ca_path, strerror(errno));
+        return 0;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------------ main */
@@ -540,6 +651,10 @@ static void usage(FILE *f)
           "  --tss-limit N       TSS per organization in CREATED/UNINITIALIZED/INITIALIZED\n"
           "                      (default 5 as in fiskaly TEST; 0: no limit)\n"
           "  --tss-create-delay-ms N  answer PUT /api/v2/tss/{id} N ms late (slow TSS creation)\n"
+          "  --tls               serve HTTPS with a CA and server certificate made at start;\n"
+          "                      prints FISKALY_CA_FILE (the CA PEM to trust)\n"
+          "  --ca-file PATH      with --tls: write the CA there (default: a temporary file,\n"
+          "                      removed at exit)\n"
           "  --die-with-parent   exit when the parent process exits\n"
           "  --verbose           log requests to stderr\n"
           "  --help              this text\n", f);
@@ -569,6 +684,10 @@ static int parse_options(int argc, char **argv, sandbox_options *o)
             o->die_with_parent = 1;
         } else if (strcmp(a, "--verbose") == 0) {
             o->verbose = 1;
+        } else if (strcmp(a, "--tls") == 0) {
+            o->tls = 1;
+        } else if (strcmp(a, "--ca-file") == 0 && i + 1 < argc) {
+            o->ca_file = argv[++i];
         } else if (strcmp(a, "--port") == 0 && i + 1 < argc) {
             if (!parse_long(argv[++i], 0, 65535, &v)) {
                 fprintf(stderr, "fiskaly-sandbox: bad --port %s\n", argv[i]);
@@ -604,6 +723,10 @@ static int parse_options(int argc, char **argv, sandbox_options *o)
             return 0;
         }
     }
+    if (o->ca_file && !o->tls) {
+        fprintf(stderr, "fiskaly-sandbox: --ca-file needs --tls\n");
+        return 0;
+    }
     return 1;
 }
 
@@ -618,7 +741,9 @@ static const char *cred(lua_State *L, int idx, const char *name)
 
 int main(int argc, char **argv)
 {
-    sandbox_options opt = { 0, 86400, -1, 0, NULL, 0, 0 };
+    sandbox_options opt = { 0, 86400, -1, 0, NULL, 0, 0, 0, NULL };
+    sandbox_tls tls;
+    struct MHD_OptionItem tls_opts[3];
     pthread_condattr_t cattr;
     sandbox_server srv;
     struct MHD_Daemon *d;
@@ -647,6 +772,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     memset(&srv, 0, sizeof srv);
+    memset(&tls, 0, sizeof tls);
     srv.verbose = opt.verbose;
     pthread_mutex_init(&srv.stop_lock, NULL);
     pthread_condattr_init(&cattr);
@@ -662,7 +788,7 @@ int main(int argc, char **argv)
     }
     lua_pushcfunction(srv.L, setup_lua);
     lua_pushlightuserdata(srv.L, &opt);
-    if (lua_pcall(srv.L, 1, 2, 0) != LUA_OK) {
+    if (lua_pcall(srv.L, 1, 3, 0) != LUA_OK) {
         const char *m = lua_tostring(srv.L, -1);
         fprintf(stderr, "fiskaly-sandbox: %s\n", m ? m : "start-up failed");
         lua_close(srv.L);
@@ -670,6 +796,26 @@ int main(int argc, char **argv)
         pthread_mutex_destroy(&srv.stop_lock);
         return 1;
     }
+    if (opt.tls) {                                   /* copy the PEMs out, then drop them */
+        int rc;
+        lua_pushcfunction(srv.L, copy_tls);
+        lua_pushlightuserdata(srv.L, &tls);
+        lua_pushvalue(srv.L, -3);
+        rc = lua_pcall(srv.L, 2, 0, 0);
+        if (rc != LUA_OK || !write_ca_file(&tls, opt.ca_file)) {
+            if (rc != LUA_OK) {
+                const char *m = lua_tostring(srv.L, -1);
+                fprintf(stderr, "fiskaly-sandbox: %s\n", m ? m : "tls set-up failed");
+            }
+            tls_free(&tls);
+            lua_close(srv.L);
+            pthread_cond_destroy(&srv.stop_cond);
+            pthread_mutex_destroy(&srv.stop_lock);
+            return 1;
+        }
+    }
+    lua_pop(srv.L, 1);
+    lua_gc(srv.L, LUA_GCCOLLECT);                    /* the key PEM string goes now */
     /* Both results go to the registry: request threads reset the stack. */
     creds_ref = luaL_ref(srv.L, LUA_REGISTRYINDEX);
     srv.handler_ref = luaL_ref(srv.L, LUA_REGISTRYINDEX);
@@ -679,14 +825,31 @@ int main(int argc, char **argv)
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)opt.port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
+    tls_opts[0].option = MHD_OPTION_HTTPS_MEM_KEY;
+    tls_opts[0].value = 0;
+    tls_opts[0].ptr_value = tls.key_pem;
+    tls_opts[1].option = MHD_OPTION_HTTPS_MEM_CERT;
+    tls_opts[1].value = 0;
+    tls_opts[1].ptr_value = tls.cert_pem;
+    tls_opts[2].option = MHD_OPTION_END;
+    tls_opts[2].value = 0;
+    tls_opts[2].ptr_value = NULL;
+    if (opt.tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        fputs("fiskaly-sandbox: --tls: this libmicrohttpd has no TLS support\n", stderr);
+        d = NULL;
+    } else {
+        d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD
+                             | (opt.tls ? MHD_USE_TLS : 0),
                          (uint16_t)opt.port, NULL, NULL, on_request, &srv,
+                         MHD_OPTION_ARRAY, opt.tls ? tls_opts : &tls_opts[2],
                          MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, (void *)NULL,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)120,
                          MHD_OPTION_END);
+    }
     if (!d) {
         fprintf(stderr, "fiskaly-sandbox: cannot listen on 127.0.0.1:%u\n", opt.port);
+        tls_free(&tls);
         pthread_mutex_destroy(&srv.lock);
         pthread_cond_destroy(&srv.stop_cond);
         pthread_mutex_destroy(&srv.stop_lock);
@@ -698,10 +861,13 @@ int main(int argc, char **argv)
     pthread_mutex_lock(&srv.lock);
     lua_rawgeti(srv.L, LUA_REGISTRYINDEX, creds_ref);
     creds = lua_gettop(srv.L);
-    printf("FISKALY_BASE_URL=http://127.0.0.1:%u\n", info ? (unsigned)info->port : opt.port);
+    printf("FISKALY_BASE_URL=%s://127.0.0.1:%u\n", opt.tls ? "https" : "http",
+           info ? (unsigned)info->port : opt.port);
     printf("FISKALY_API_KEY=%s\n", cred(srv.L, creds, "api_key"));
     printf("FISKALY_API_SECRET=%s\n", cred(srv.L, creds, "api_secret"));
     printf("FISKALY_ORGANIZATION_ID=%s\n", cred(srv.L, creds, "organization_id"));
+    if (opt.tls)
+        printf("FISKALY_CA_FILE=%s\n", tls.ca_path);
     printf("FISKALY_SANDBOX_PID=%ld\n", (long)getpid());
     fflush(stdout);
     lua_settop(srv.L, 0);
@@ -719,6 +885,7 @@ int main(int argc, char **argv)
     pthread_cond_broadcast(&srv.stop_cond);
     pthread_mutex_unlock(&srv.stop_lock);
     MHD_stop_daemon(d);
+    tls_free(&tls);
     pthread_mutex_destroy(&srv.lock);
     pthread_cond_destroy(&srv.stop_cond);
     pthread_mutex_destroy(&srv.stop_lock);

@@ -8,9 +8,11 @@ local function shell_quote(s)
 end
 
 -- Starts build/bin/fiskaly-sandbox (path from opts.bin or $FISKALY_SANDBOX_BIN).
--- opts.args: extra command-line arguments (list of strings).
--- Returns a handle { base_url, api_key, api_secret, organization_id, env = {...},
--- stop = function } or nil, err. The sandbox dies with this process.
+-- opts.args: extra command-line arguments (list of strings); opts.tls = true adds
+-- --tls (HTTPS with a CA made for this run).
+-- Returns a handle { base_url, api_key, api_secret, organization_id, ca_file (with
+-- --tls: the CA PEM to trust), env = {...}, stop = function } or nil, err. The
+-- sandbox dies with this process.
 function M.start(opts)
   opts = opts or {}
   local bin = opts.bin or os.getenv("FISKALY_SANDBOX_BIN")
@@ -18,6 +20,7 @@ function M.start(opts)
     return nil, "fiskaly.sandbox: no sandbox binary (set FISKALY_SANDBOX_BIN or opts.bin)"
   end
   local cmd = { "exec", shell_quote(bin), "--port", tostring(opts.port or 0), "--die-with-parent" }
+  if opts.tls then cmd[#cmd + 1] = "--tls" end
   for _, a in ipairs(opts.args or {}) do cmd[#cmd + 1] = shell_quote(a) end
   local p, perr = io.popen(table.concat(cmd, " "), "r")
   if not p then return nil, "fiskaly.sandbox: cannot start " .. bin .. ": " .. tostring(perr) end
@@ -39,6 +42,7 @@ function M.start(opts)
     api_key = env.FISKALY_API_KEY,
     api_secret = env.FISKALY_API_SECRET,
     organization_id = env.FISKALY_ORGANIZATION_ID,
+    ca_file = env.FISKALY_CA_FILE,
     pid = tonumber(env.FISKALY_SANDBOX_PID),
     env = env,
     _pipe = p,
