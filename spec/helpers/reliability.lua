@@ -82,7 +82,8 @@ function M.sale(p, amount, tx_id)
   if not ok then return nil, err, tx_id end
   local tx, ferr = p.pos.sign:upsert_transaction(p.tss_id, tx_id, 2, {
     state = "FINISHED", client_id = p.client_id, schema = M.receipt(amount or "10.00") })
-  return tx, ferr, tx_id
+  if not tx then return nil, ferr, tx_id end
+  return tx, nil, tx_id
 end
 
 return M
