@@ -547,6 +547,12 @@ function M.new(opts)
   if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
     error("fiskaly.new: ca_file must be a path", 2)
   end
+  for _, k in ipairs{ "insecure", "verify", "ssl_verify", "tls_verify", "verify_peer", "ssl_verify_peer" } do
+    if opts[k] ~= nil then
+      error("fiskaly.new: TLS verification cannot be turned off (option '" .. k
+        .. "'); trust a private CA with ca_file instead", 2)
+    end
+  end
   check_positive_int("timeout_ms", opts.timeout_ms)
   check_positive_int("connect_timeout_ms", opts.connect_timeout_ms)
   local timeouts = {}
