@@ -458,9 +458,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     kv_list_free(&headers);
     kv_list_free(&query);
 
-    if (srv->verbose)
-        fprintf(stderr, "fiskaly-sandbox: %s %s -> %u%s%s\n", method, url, resp.status,
-                resp.delay_ms ? " (delayed)" : "", resp.drop ? " (dropped)" : "");
+    if (srv->verbose) {
+        if (resp.drop && resp.status == 0)
+            fprintf(stderr, "fiskaly-sandbox: %s %s -> dropped before handling%s\n", method, url,
+                    resp.delay_ms ? " (delayed)" : "");
+        else
+            fprintf(stderr, "fiskaly-sandbox: %s %s -> %u%s%s\n", method, url, resp.status,
+                    resp.delay_ms ? " (delayed)" : "", resp.drop ? " (dropped)" : "");
+    }
     if (resp.delay_ms > 0)
         server_sleep(srv, resp.delay_ms);            /* outside the Lua lock */
     if (resp.drop) {                                 /* close without an answer */

@@ -217,7 +217,7 @@ function M.new(opts)
       respond_ms = req.handled_ms and req.handled_ms + delay or nil,
       request_id = request_id,
     }
-    if drop then return { drop = drop, delay_ms = delay } end
+    if drop then return { drop = drop, status = status, delay_ms = delay } end
     local resp = response(request_id, status, body, headers)
     resp.delay_ms = delay > 0 and delay or nil
     return resp
