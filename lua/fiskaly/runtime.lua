@@ -268,6 +268,7 @@ end
 -- longer than timeout_ms (default 0: never waits).  Returns as soon as
 -- something happened, so a host loop gets control back quickly.
 function M.step(timeout_ms)
+  if current_task() then error("runtime.step: called from inside a task (only the host drives the runtime)", 2) end
   timeout_ms = timeout_ms or 0
   if math.type(timeout_ms) ~= "integer" then
     if type(timeout_ms) ~= "number" or timeout_ms ~= timeout_ms then
@@ -323,6 +324,7 @@ end
 -- runtime.run([timeout_ms]) -> true when every task is done; nil, "timeout" or
 -- nil, "deadlock" (tasks wait for something no request or timer will bring).
 function M.run(timeout_ms)
+  if current_task() then error("runtime.run: called from inside a task (only the host drives the runtime)", 2) end
   local deadline = timeout_ms and now_ms() + timeout_ms or nil
   while live > 0 do
     local slice = 1000
