@@ -35,7 +35,17 @@ M.DEFAULT_CODE = {
 local RULE_FIELDS = {
   method = true, path = true, action = true, status = true, retry_after = true, code = true,
   message = true, delay_ms = true, count = true, skip = true, probability = true,
+  query = true, body = true, response_body = true, content_type = true,
 }
+
+-- A Lua pattern field (nil when absent); raises a 400 when it is not one.
+local function pattern_field(r, name, where)
+  local v = r[name]
+  if v == nil or v == json.null then return nil end
+  if type(v) ~= "string" or #v > 500 then errors.schema(where .. "/" .. name .. " must be a string (a Lua pattern)") end
+  if not pcall(string.find, "", v) then errors.schema(where .. "/" .. name .. " is not a valid Lua pattern") end
+  return v
+end
 
 local function int_field(r, name, i, lo, hi, default)
   local v = r[name]
@@ -61,12 +71,9 @@ local function check_rule(r, i)
     end
     rule.method = r.method
   end
-  if r.path ~= nil and r.path ~= json.null then
-    if type(r.path) ~= "string" or #r.path > 500 then errors.schema(where .. "/path must be a string (a Lua pattern)") end
-    local ok = pcall(string.find, "", r.path)
-    if not ok then errors.schema(where .. "/path is not a valid Lua pattern") end
-    rule.path = r.path
-  end
+  rule.path = pattern_field(r, "path", where)
+  rule.query = pattern_field(r, "query", where)
+  rule.body = pattern_field(r, "body", where)
   if type(r.action) ~= "string" or not M.ACTIONS[r.action] then
     errors.schema(where .. "/action must be one of status, drop_before, drop_after, delay, expire_token")
   end
@@ -92,8 +99,15 @@ local function check_rule(r, i)
     rule.code = (r.code ~= json.null and r.code) or M.DEFAULT_CODE[rule.status] or "E_SANDBOX_FAULT"
     if r.message ~= nil and type(r.message) ~= "string" then errors.schema(where .. "/message must be a string") end
     rule.message = r.message or ("injected fault: " .. rule.status)
+    for _, k in ipairs{ "response_body", "content_type" } do
+      if r[k] ~= nil and (type(r[k]) ~= "string" or #r[k] > 65536) then
+        errors.schema(where .. "/" .. k .. " must be a string")
+      end
+    end
+    rule.response_body = r.response_body
+    rule.content_type = r.content_type or (r.response_body and "text/html")
   else
-    for _, k in ipairs{ "status", "retry_after", "code", "message" } do
+    for _, k in ipairs{ "status", "retry_after", "code", "message", "response_body", "content_type" } do
       if r[k] ~= nil then errors.schema(where .. "/" .. k .. " is only allowed with action status") end
     end
   end
@@ -151,9 +165,11 @@ function M.new(ctx)
   end
 
   -- The rule that fires for this request (and its 1-based index), or nil.
-  function self.match(method, path)
+  -- query: the query string ("name=value&..."), body: the request body.
+  function self.match(method, path, query, body)
     for i, r in ipairs(self.rules) do
-      if r.count ~= 0 and (not r.method or r.method == method) and (not r.path or path:find(r.path)) then
+      if r.count ~= 0 and (not r.method or r.method == method) and (not r.path or path:find(r.path))
+         and (not r.query or query:find(r.query)) and (not r.body or body:find(r.body)) then
         r.matched = r.matched + 1
         if r.matched > r.skip and (not r.probability or r.probability >= 1 or draw() < r.probability) then
           if r.count > 0 then r.count = r.count - 1 end
@@ -170,7 +186,7 @@ function M.new(ctx)
     local out = json.array{}
     for i, r in ipairs(self.rules) do
       out[i] = {
-        method = r.method, path = r.path, action = r.action, status = r.status,
+        method = r.method, path = r.path, query = r.query, body = r.body, action = r.action, status = r.status,
         retry_after = r.retry_after, code = r.code, delay_ms = r.delay_ms, count = r.count,
         skip = r.skip, probability = r.probability, matched = r.matched, fired = r.fired,
         spent = r.count == 0,

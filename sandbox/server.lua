@@ -188,7 +188,9 @@ function M.new(opts)
 
     -- An API request: fault rules, latency, request log.
     local F = ctx.faults
-    local rule, index = F.match(req.method, path)
+    local qs = {}
+    for i, kv in ipairs(req.query_list or {}) do qs[i] = kv[1] .. "=" .. kv[2] end
+    local rule, index = F.match(req.method, path, table.concat(qs, "&"), req.body or "")
     local action = rule and rule.action
     local delay = F.latency_ms + (rule and rule.delay_ms or 0)
     if tss_create_delay > 0 and req.method == "PUT" and path:match("^/api/v2/tss/[^/]+$") then
@@ -200,7 +202,11 @@ function M.new(opts)
     elseif action == "status" then
       status = rule.status
       body = errors.body(errors.new(rule.status, rule.code, rule.message))
-      if rule.retry_after then headers = { ["Retry-After"] = tostring(rule.retry_after) } end
+      headers = {}
+      if rule.retry_after then headers["Retry-After"] = tostring(rule.retry_after) end
+      if rule.response_body then            -- e.g. a proxy's HTML error page
+        body, headers["Content-Type"] = rule.response_body, rule.content_type
+      end
     elseif action == "expire_token" then
       auth.expire_presented(ctx, req)
       status, body = 401, errors.body(errors.new(401, "E_UNAUTHORIZED", "The access token has expired"))

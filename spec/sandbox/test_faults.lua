@@ -199,6 +199,32 @@ function TestFaults.test_rules_in_order_method_and_path_filters()
   lu.assertEquals(d[3].matched, 0)
 end
 
+function TestFaults.test_query_and_body_patterns_pick_the_finishing_put()
+  local tx = core.crypto.uuid4()
+  local since = last_seq()
+  faults{ { method = "PUT", path = "/tx/", query = "tx_revision=2", body = '"FINISHED"', action = "drop_after" } }
+  A:tx(P, tx, 1, "ACTIVE")                      -- revision 1 does not match
+  local resp, err = fresh("PUT", tx_path(tx, 2), { state = "FINISHED", client_id = P.client_id, schema = api.RECEIPT }, P.tok)
+  lu.assertNil(resp)
+  lu.assertEquals(err.code, "GOT_NOTHING")
+  lu.assertEquals(A:ok("GET", tx_path(tx), nil, P.tok).state, "FINISHED")
+  local log = requests(since)
+  lu.assertNil(log[1].action)
+  lu.assertEquals(log[2].action, "drop_after")
+  local d = A:ok("GET", "/_sandbox/faults").rules[1]
+  lu.assertEquals(d.matched, 1)
+  lu.assertEquals(d.query, "tx_revision=2")
+end
+
+function TestFaults.test_status_with_a_non_fiskaly_body()
+  faults{ { method = "GET", path = "^/api/v2/tss/[^/]+$", action = "status", status = 502,
+            response_body = "<html><body>Bad Gateway</body></html>" } }
+  local st, body, h = A:call("GET", TSS, nil, P.tok)
+  lu.assertEquals(st, 502)
+  lu.assertEquals(body, "<html><body>Bad Gateway</body></html>")
+  lu.assertEquals(h["content-type"], "text/html")
+end
+
 function TestFaults.test_delay_and_combined_delay()
   local since = last_seq()
   faults{ { method = "GET", path = "^/api/v2/tss/[^/]+$", action = "delay", delay_ms = 300 },
@@ -319,6 +345,8 @@ function TestFaults.test_bad_rules_are_rejected()
     { action = "delay", methd = "GET" },
     { action = "delay", method = "get" },
     { action = "status", status = 503, probability = 0 },
+    { action = "delay", query = "(" },
+    { action = "delay", response_body = "x" },
   }
   for _, r in ipairs(bad) do
     local st, body = A:call("POST", "/_sandbox/faults", { rules = { r } })
