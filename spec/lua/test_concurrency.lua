@@ -190,6 +190,46 @@ function TestConcurrency.test_concurrent_tasks_share_one_authentication()
   client:close()
 end
 
+-- A task waiting out a Retry-After (runtime.sleep: a timer) does not hold up
+-- the others: they all finish before its retry is sent.
+function TestConcurrency.test_a_backoff_in_one_task_does_not_block_the_others()
+  local client, tss_id, client_id = setup()
+  assert(client.sign:auth())
+  local slow_tx = fiskaly.uuid4()
+  control("POST", "/_sandbox/faults", { rules = { {
+    method = "PUT", path = "/tx/" .. slow_tx:gsub("%-", "%%-"), action = "status", status = 429,
+    retry_after = 1, count = 1 } } })
+  control("POST", "/_sandbox/latency", { ms = LATENCY_MS })
+  control("DELETE", "/_sandbox/requests")
+  local slow = fiskaly.spawn(function()
+    return client.sign:upsert_transaction(tss_id, slow_tx, 1, { state = "ACTIVE", client_id = client_id })
+  end)
+  local others = {}
+  for i = 1, 8 do others[i] = fiskaly.spawn(sale, client, tss_id, client_id, i) end
+  lu.assertTrue(fiskaly.run(30000))
+  control("DELETE", "/_sandbox/faults")
+  local ok, tx, err = slow:result()
+  lu.assertTrue(ok)
+  lu.assertNotNil(tx, tostring(err))
+  lu.assertEquals(tx.state, "ACTIVE")
+  for _, t in ipairs(others) do lu.assertNotNil(select(2, t:result())) end
+  -- sandbox log: the 429, the retry >= 1 s later, and every other sale answered in between
+  local first, retry, others_done = nil, nil, 0
+  for _, e in ipairs(control("GET", "/_sandbox/requests").requests) do
+    if e.path:find(slow_tx, 1, true) then
+      if e.status == 429 then first = e else retry = e end
+    else
+      others_done = math.max(others_done, e.respond_ms)
+    end
+  end
+  lu.assertNotNil(first, "the first attempt got the 429")
+  lu.assertNotNil(retry, "and was retried")
+  lu.assertEquals(retry.status, 200)
+  lu.assertTrue(retry.received_ms - first.respond_ms >= 1000, "Retry-After honoured")
+  lu.assertTrue(others_done < retry.received_ms, "the other sales finished while the slow one waited")
+  client:close()
+end
+
 function TestConcurrency.test_blocking_calls_still_work_for_scripts()
   local client, tss_id, client_id = setup()
   local s = assert(sale(client, tss_id, client_id, 1))
