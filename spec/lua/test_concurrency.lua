@@ -30,10 +30,13 @@ local function control(method, path, body)
   return json.decode(r.body)
 end
 
--- One TSS with one client, set up without latency.
+-- A new client, and the file's one TSS with one POS client (the sandbox allows
+-- 5 live TSS per organization), set up without latency.
+local shared_tss
 local function setup()
   control("DELETE", "/_sandbox/faults")
   local client = assert(fiskaly.new{ base_url = sb.base_url, api_key = sb.api_key, api_secret = sb.api_secret })
+  if shared_tss then return client, shared_tss[1], shared_tss[2] end
   local tss_id = fiskaly.uuid4()
   local tss = assert(client.sign:create_tss(tss_id, {}))
   assert(client.sign:update_tss(tss_id, { state = "UNINITIALIZED" }))
@@ -44,6 +47,7 @@ local function setup()
   local client_id = fiskaly.uuid4()
   assert(client.sign:create_client(tss_id, client_id, { serial_number = "POS-CONCURRENT" }))
   assert(client.sign:admin_logout(tss_id))
+  shared_tss = { tss_id, client_id }
   return client, tss_id, client_id
 end
 
@@ -227,6 +231,27 @@ function TestConcurrency.test_a_backoff_in_one_task_does_not_block_the_others()
   lu.assertEquals(retry.status, 200)
   lu.assertTrue(retry.received_ms - first.respond_ms >= 1000, "Retry-After honoured")
   lu.assertTrue(others_done < retry.received_ms, "the other sales finished while the slow one waited")
+  client:close()
+end
+
+-- The example of docs/concurrency.md runs as written.
+function TestConcurrency.test_docs_example_runs()
+  local client, tss_id, client_id = setup()
+  local dir = os.getenv("FISKALY_SOURCE_DIR") or "."
+  local f = assert(io.open(dir .. "/docs/concurrency.md", "r"))
+  local text = f:read("a")
+  f:close()
+  local code = assert(text:match("```lua\n(.-)```"), "docs/concurrency.md has an example")
+  local printed = {}
+  local env = setmetatable({
+    BASE_URL = sb.base_url, API_KEY = sb.api_key, API_SECRET = sb.api_secret,
+    TSS_ID = tss_id, CLIENT_ID = client_id,
+    print = function(...) printed[#printed + 1] = table.concat({ ... }, " ") end,
+  }, { __index = _G })
+  control("POST", "/_sandbox/latency", { ms = LATENCY_MS })
+  assert(load(code, "=docs/concurrency.md", "t", env))()
+  control("POST", "/_sandbox/latency", { ms = 0 })
+  lu.assertEquals(printed, { "1 FINISHED", "2 FINISHED", "3 FINISHED", "4 FINISHED" })
   client:close()
 end
 
