@@ -112,6 +112,49 @@ function TestTls.test_api_and_faults_over_https()
   lu.assertEquals(st, 200)
 end
 
+-- core.crypto.issue_certificate, which made the certificates above.
+TestIssueCertificate = {}
+
+function TestIssueCertificate.test_chain_fields()
+  local c = core.crypto
+  local ca_key <close> = c.generate_key("P-256")
+  local ca = assert(c.issue_certificate{ key = ca_key, common_name = "Test CA", days = 3, ca = true })
+  local key <close> = c.generate_key("P-384")
+  local leaf = assert(c.issue_certificate{ key = key, common_name = "leaf", days = 2,
+    san = { "IP:127.0.0.1", "DNS:localhost" }, issuer_key = ca_key, issuer_cert = ca })
+  local ci, li = assert(c.certificate_info(ca)), assert(c.certificate_info(leaf))
+  lu.assertEquals(ci.subject, "CN=Test CA")
+  lu.assertEquals(li.subject, "CN=leaf")
+  lu.assertEquals(li.issuer, ci.subject)
+  lu.assertEquals(li.public_key, key:public_point())
+  lu.assertEquals(li.curve, "P-384")
+  lu.assertTrue(li.not_after - li.not_before >= 2 * 86400)
+  lu.assertTrue(li.not_after - li.not_before <= 2 * 86400 + 120)
+  lu.assertNotEquals(li.serial, ci.serial)
+end
+
+function TestIssueCertificate.test_errors()
+  local c = core.crypto
+  local k1 <close> = c.generate_key("P-256")
+  local k2 <close> = c.generate_key("P-256")
+  local ca = assert(c.issue_certificate{ key = k1, common_name = "CA", ca = true })
+  -- operational: the issuer key does not match the issuer certificate, or no certificate
+  local pem, err = c.issue_certificate{ key = k2, common_name = "x", issuer_key = k2, issuer_cert = ca }
+  lu.assertNil(pem)
+  lu.assertStrContains(err, "does not belong")
+  pem, err = c.issue_certificate{ key = k2, common_name = "x", issuer_key = k1, issuer_cert = "not a cert" }
+  lu.assertNil(pem)
+  lu.assertStrContains(err, "not a PEM or DER")
+  -- misuse raises
+  lu.assertErrorMsgContains("san entries", c.issue_certificate, { key = k2, common_name = "x", san = { "URI:http://x" } })
+  lu.assertErrorMsgContains("san entries", c.issue_certificate, { key = k2, common_name = "x", san = { "DNS:a,b" } })
+  lu.assertErrorMsgContains("issuer_cert", c.issue_certificate, { key = k2, common_name = "x", issuer_key = k1 })
+  lu.assertErrorMsgContains("days", c.issue_certificate, { key = k2, common_name = "x", days = 0 })
+  lu.assertErrorMsgContains("common_name", c.issue_certificate, { key = k2 })
+  k1:close()
+  lu.assertErrorMsgContains("closed", c.issue_certificate, { key = k1, common_name = "x" })
+end
+
 local rc = lu.LuaUnit.run()
 local ca_file = SB.ca_file
 SB.stop()
