@@ -38,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <poll.h>
+#include <sys/select.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -1046,6 +1048,95 @@ static int session_pending(lua_State *L)
     return 1;
 }
 
+/* Has s a finished submitted request that step() has not reported yet? */
+static int session_has_finished(const http_session *s)
+{
+    for (const http_transfer *t = s->active; t != NULL; t = t->next)
+        if (t->async && t->done && !t->reported)
+            return 1;
+    return 0;
+}
+
+#define HTTP_WAIT_MAX_SESSIONS 64
+#define HTTP_WAIT_BLIND_MS     10   /* cap when a session cannot name its sockets */
+
+/*
+ * http.wait(sessions, timeout_ms) -> true when a submitted request of one of
+ * them has finished (step() will report it), false when the timeout passed.
+ * Waits on the sockets of all sessions at once (one poll), for at most
+ * timeout_ms; lets a runtime drive several sessions without slicing.
+ */
+static int http_wait(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer timeout = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, timeout >= 0, 2, "timeout_ms must be >= 0");
+    if (timeout > INT_MAX)
+        timeout = INT_MAX;
+    lua_Integer n = luaL_len(L, 1);
+    luaL_argcheck(L, n >= 0 && n <= HTTP_WAIT_MAX_SESSIONS, 1, "at most 64 sessions");
+    http_session *ss[HTTP_WAIT_MAX_SESSIONS];
+    int ns = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 1, i);
+        http_session *s = check_open_session(L, -1);
+        lua_pop(L, 1);   /* the table keeps it alive */
+        ss[ns++] = s;
+    }
+    /* Room for every descriptor libcurl may name; a userdata, freed by the GC. */
+    struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)FD_SETSIZE, 0);
+
+    lua_Integer deadline = http_monotonic_ms() + timeout;
+    for (;;) {
+        int pending = 0;
+        for (int i = 0; i < ns; i++) {
+            int running = 0;
+            CURLMcode mc = curl_multi_perform(ss[i]->multi, &running);
+            if (mc != CURLM_OK)
+                return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mc));
+            session_collect(ss[i]);
+            if (session_has_finished(ss[i])) {
+                lua_pushboolean(L, 1);
+                return 1;
+            }
+            pending += session_count_pending(ss[i]);
+        }
+        lua_Integer left = deadline - http_monotonic_ms();
+        if (pending == 0 || left <= 0)
+            break;
+        long wait = (long)left;
+        nfds_t nfds = 0;
+        for (int i = 0; i < ns; i++) {
+            fd_set r, w, x;
+            int maxfd = -1;
+            long t = -1;
+            FD_ZERO(&r);
+            FD_ZERO(&w);
+            FD_ZERO(&x);
+            if (curl_multi_fdset(ss[i]->multi, &r, &w, &x, &maxfd) != CURLM_OK)
+                maxfd = -1;
+            if (curl_multi_timeout(ss[i]->multi, &t) == CURLM_OK && t >= 0 && t < wait)
+                wait = t;
+            if (maxfd < 0 && session_count_pending(ss[i]) > 0 && wait > HTTP_WAIT_BLIND_MS)
+                wait = HTTP_WAIT_BLIND_MS;
+            for (int fd = 0; fd <= maxfd && nfds < (nfds_t)FD_SETSIZE; fd++) {
+                short ev = (short)((FD_ISSET(fd, &r) ? POLLIN : 0) | (FD_ISSET(fd, &w) ? POLLOUT : 0)
+                                   | (FD_ISSET(fd, &x) ? POLLPRI : 0));
+                if (ev != 0) {
+                    fds[nfds].fd = fd;
+                    fds[nfds].events = ev;
+                    fds[nfds].revents = 0;
+                    nfds++;
+                }
+            }
+        }
+        if (poll(fds, nfds, (int)wait) < 0 && errno != EINTR)
+            break;
+    }
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
 static int request_gc(lua_State *L)
 {
     transfer_close(check_request(L, 1));
@@ -1167,6 +1258,7 @@ static const luaL_Reg http_funcs[] = {
     {"session", http_session_new},
     {"now_ms", http_now_ms},
     {"sleep_ms", http_sleep_ms},
+    {"wait", http_wait},
     {NULL, NULL}
 };
 

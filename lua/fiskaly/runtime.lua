@@ -293,20 +293,10 @@ function M.step(timeout_ms)
       local list = act[1]:step(wait)
       deliver(act[1], list)
     elseif #act > 1 then
-      -- Several sessions (each its own curl multi handle): look at each
-      -- without waiting, then wait on them in short slices.
-      local got = false
-      for _, s in ipairs(act) do
-        local list = s:step(0)
-        deliver(s, list)
-        got = got or #list > 0
-      end
-      if not got and wait > 0 then
-        local slice = math.max(1, math.min(wait, 10) // #act)
-        for _, s in ipairs(act) do
-          deliver(s, s:step(slice))
-        end
-      end
+      -- Several sessions (each its own curl multi handle): one poll over the
+      -- sockets of all of them (http.wait), then collect from each.
+      if wait > 0 and #act <= 64 then http.wait(act, wait) end
+      for _, s in ipairs(act) do deliver(s, s:step(0)) end
     elseif wait > 0 and timers[1] then
       http.sleep_ms(wait)  -- only timers: wait for the first (bounded by the deadline)
     end

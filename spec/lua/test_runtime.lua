@@ -398,6 +398,43 @@ function TestRuntime.test_host_loop_step_never_waits_longer_than_its_timeout()
   lu.assertEquals(runtime.step(0), 0)
 end
 
+function TestRuntime.test_several_sessions_are_driven_together()
+  latency(SLOW_MS)
+  local s1 <close> = http.session{}
+  local s2 <close> = http.session{}
+  local s3 <close> = http.session{}
+  local tasks = {}
+  for i, s in ipairs{ s1, s2, s3, s1, s2, s3 } do
+    tasks[i] = runtime.spawn(function() return assert(runtime.request(s, { url = url(API) })).status end)
+  end
+  local calls = 0
+  while runtime.pending() > 0 do
+    calls = calls + 1
+    assert(calls < MAX_ROUNDS)
+    local t0 = runtime.now_ms()
+    runtime.step(25)
+    local dt = runtime.now_ms() - t0
+    lu.assertTrue(dt <= 25 + SLACK_MS, "runtime.step(25) over 3 sessions took " .. dt .. " ms")
+  end
+  lu.assertTrue(calls >= 4, "a " .. SLOW_MS .. " ms wait in 25 ms steps: " .. calls .. " calls")
+  for _, t in ipairs(tasks) do lu.assertEquals({ t:result() }, { true, 401 }) end
+  -- http.wait: true once a request finished, false after the timeout with nothing finished
+  latency(0)
+  local h = assert(s1:submit{ url = url(API) })
+  local done = false
+  for _ = 1, MAX_ROUNDS do
+    if http.wait({ s1, s2 }, 100) then done = true break end
+  end
+  lu.assertTrue(done)
+  lu.assertIs(s1:step(0)[1], h)
+  lu.assertFalse(http.wait({ s1, s2 }, 0), "nothing in flight")
+  lu.assertErrorMsgContains("closed", function()
+    local s4 = http.session{}
+    s4:close()
+    http.wait({ s4 }, 0)
+  end)
+end
+
 function TestRuntime.test_run_reports_timeout()
   runtime.spawn(function() runtime.sleep(300) end)
   lu.assertEquals({ runtime.run(20) }, { nil, "timeout" })
