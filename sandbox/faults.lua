@@ -18,7 +18,9 @@ local errors = require "sandbox.errors"
 
 local M = {}
 
-M.ACTIONS = { status = true, drop_before = true, drop_after = true, delay = true, expire_token = true }
+M.ACTIONS = {
+  status = true, drop_before = true, drop_after = true, truncate = true, delay = true, expire_token = true,
+}
 M.MAX_DELAY_MS = 600000
 M.MAX_LOG = 100000               -- request-log entries kept (oldest dropped first)
 
@@ -75,7 +77,7 @@ local function check_rule(r, i)
   rule.query = pattern_field(r, "query", where)
   rule.body = pattern_field(r, "body", where)
   if type(r.action) ~= "string" or not M.ACTIONS[r.action] then
-    errors.schema(where .. "/action must be one of status, drop_before, drop_after, delay, expire_token")
+    errors.schema(where .. "/action must be one of status, drop_before, drop_after, truncate, delay, expire_token")
   end
   rule.action = r.action
   rule.delay_ms = int_field(r, "delay_ms", i, 0, M.MAX_DELAY_MS, 0)

@@ -12,7 +12,9 @@
  *   { status=, headers={name=value}, body=, delay_ms=?, drop=? }
  * out of Lua before it unlocks.  delay_ms is slept outside the lock (each
  * connection has its own thread), and `drop` (any true value, e.g. "before"
- * or "after") closes the connection without an answer (after the delay):
+ * or "after") closes the connection without an answer (after the delay);
+ * drop = "truncate" sends the status line and headers (Content-Length of the
+ * full body) and then closes the connection before the body:
  * whether the request was applied first is the Lua side's decision, and
  * `status` may then be absent.
  *
@@ -111,7 +113,7 @@ typedef struct sandbox_response {
     owned_pair *headers;
     size_t n_headers;
     long delay_ms;
-    int drop;
+    int drop;                   /* 1: close without an answer, 2: after the headers */
 } sandbox_response;
 
 /* Everything the protected Lua call needs. */
@@ -297,7 +299,10 @@ static int exchange_call(lua_State *L)
         return luaL_error(L, "handler returned %s, expected a table", luaL_typename(L, t));
 
     lua_getfield(L, t, "drop");
-    resp->drop = lua_toboolean(L, -1);
+    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "truncate") == 0)
+        resp->drop = 2;
+    else
+        resp->drop = lua_toboolean(L, -1);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "status");
@@ -389,6 +394,16 @@ static void server_dispatch(sandbox_exchange *ex)
 
 /* --------------------------------------------------------- libmicrohttpd */
 
+/* The body of a truncated answer: none; MHD closes the connection after the headers. */
+static ssize_t truncate_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)cls;
+    (void)pos;
+    (void)buf;
+    (void)max;
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -464,10 +479,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                     resp.delay_ms ? " (delayed)" : "");
         else
             fprintf(stderr, "fiskaly-sandbox: %s %s -> %u%s%s\n", method, url, resp.status,
-                    resp.delay_ms ? " (delayed)" : "", resp.drop ? " (dropped)" : "");
+                    resp.delay_ms ? " (delayed)" : "",
+                    resp.drop == 2 ? " (truncated)" : resp.drop ? " (dropped)" : "");
     }
     if (resp.delay_ms > 0)
         server_sleep(srv, resp.delay_ms);            /* outside the Lua lock */
+    if (resp.drop == 2) {                            /* headers, then close */
+        r = MHD_create_response_from_callback(resp.body_len > 0 ? resp.body_len : 1, 4096,
+                                              truncate_reader, NULL, NULL);
+        if (!r) {
+            response_free(&resp);
+            return MHD_NO;
+        }
+        for (size_t i = 0; i < resp.n_headers; i++)
+            MHD_add_response_header(r, resp.headers[i].key, resp.headers[i].value);
+        ret = MHD_queue_response(conn, resp.status, r);
+        MHD_destroy_response(r);
+        response_free(&resp);
+        return ret;
+    }
     if (resp.drop) {                                 /* close without an answer */
         response_free(&resp);
         return MHD_NO;

@@ -10,8 +10,10 @@
 -- and returns the response the C host sends:
 --   { status = int, headers = {name = value}, body = string,
 --     delay_ms = int?  -- the host sleeps this long (outside the Lua lock) before answering
---     drop = "before"|"after"|nil }  -- close the connection without an answer; "before":
---                                     -- the request was not applied, "after": it was
+--     drop = "before"|"after"|"truncate"|nil }  -- close the connection without an answer;
+--                                     -- "before": the request was not applied, "after": it
+--                                     -- was; "truncate": applied, status line and headers
+--                                     -- sent, connection closed before the body
 --                                     -- (status may be absent when drop is set)
 -- API requests (everything outside /_sandbox/) go through the fault rules and the
 -- latency of sandbox.faults and are written to the request log; control requests
@@ -212,7 +214,7 @@ function M.new(opts)
       status, body = 401, errors.body(errors.new(401, "E_UNAUTHORIZED", "The access token has expired"))
     else
       status, body, headers = run(req, path)
-      if action == "drop_after" then drop = "after" end
+      if action == "drop_after" then drop = "after" elseif action == "truncate" then drop = "truncate" end
     end
     delay = math.min(delay, faults.MAX_DELAY_MS)
     F.record{
@@ -223,9 +225,10 @@ function M.new(opts)
       respond_ms = req.handled_ms and req.handled_ms + delay or nil,
       request_id = request_id,
     }
-    if drop then return { drop = drop, status = status, delay_ms = delay } end
+    if drop and drop ~= "truncate" then return { drop = drop, status = status, delay_ms = delay } end
     local resp = response(request_id, status, body, headers)
     resp.delay_ms = delay > 0 and delay or nil
+    resp.drop = drop
     return resp
   end
 

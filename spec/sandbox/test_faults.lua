@@ -167,6 +167,27 @@ function TestFaults.test_drop_after_applies_then_closes()
   lu.assertEquals(tss_summary().signature_counter, before.signature_counter + 1)
 end
 
+-- truncate: applied, headers sent, connection closed before the body. libcurl
+-- does not resend it even on a reused connection (it got an answer's start).
+function TestFaults.test_truncate_on_a_reused_connection()
+  local tx = core.crypto.uuid4()
+  A:tx(P, tx, 1, "ACTIVE")                      -- the shared session's connection is warm
+  local since = last_seq()
+  faults{ { method = "PUT", path = "/tx/", action = "truncate" } }
+  local resp, err = A.http:request{ method = "PUT", url = A.base .. tx_path(tx, 2),
+    headers = { ["Content-Type"] = "application/json", Authorization = "Bearer " .. P.tok },
+    body = assert(json.encode{ state = "FINISHED", client_id = P.client_id, schema = api.RECEIPT }) }
+  lu.assertNil(resp)
+  lu.assertEquals(err.kind, "network")
+  lu.assertEquals(err.code, "PARTIAL_FILE")
+  local log = requests(since)
+  lu.assertEquals(#log, 1)                      -- sent once, not resent by libcurl
+  lu.assertEquals(log[1].action, "truncate")
+  lu.assertEquals(log[1].status, 200)
+  lu.assertEquals(log[1].dropped, true)
+  lu.assertEquals(A:ok("GET", tx_path(tx), nil, P.tok).latest_revision, 2)
+end
+
 function TestFaults.test_count_and_skip()
   local path = "^/api/v2/tss/[^/]+$"
   faults{ { method = "GET", path = path, action = "status", status = 503, skip = 2, count = 2 } }
