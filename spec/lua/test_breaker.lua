@@ -117,6 +117,38 @@ function TestBreaker.test_a_failed_probe_opens_it_again()
   lu.assertEquals(c:breakers()[HOST].state, "closed")
 end
 
+-- Half-open with many concurrent tasks (fiskaly.runtime): exactly one probe
+-- reaches the host; the others fail fast while it is in flight.
+function TestBreaker.test_half_open_lets_exactly_one_concurrent_probe_through()
+  local runtime = require "fiskaly.runtime"
+  local c = family()
+  lu.assertEquals(open_it(c).code, "CIRCUIT_OPEN")
+  ctl.clear()
+  now = now + 31
+  ctl.faults{ { method = "GET", path = "^/api/v2/tss/", action = "delay", delay_ms = 200 } }  -- a slow probe
+  ctl.clear_requests()
+  local tasks = {}
+  for i = 1, 6 do
+    tasks[i] = runtime.spawn(function() return c.sign:get_tss(p.tss_id) end)
+  end
+  assert(runtime.run(10000))
+  local ok_n, open_n = 0, 0
+  for _, t in ipairs(tasks) do
+    local done, res, err = t:result()
+    lu.assertTrue(done)
+    if res then
+      ok_n = ok_n + 1
+    else
+      lu.assertEquals(err.code, "CIRCUIT_OPEN")
+      lu.assertStrContains(err.message, "probe request is in flight")
+      open_n = open_n + 1
+    end
+  end
+  lu.assertEquals({ ok_n, open_n }, { 1, 5 })
+  lu.assertEquals(#ctl.requests(), 1)
+  lu.assertEquals(c:breakers()[HOST].state, "closed")
+end
+
 function TestBreaker.test_dropped_connections_count_but_client_errors_do_not()
   local c = family()
   assert(c.sign:auth())
