@@ -255,9 +255,10 @@ function Breaker:allow()
     if t < ready then return false, ready - t end
     self.state = "half_open"
   end
-  -- half open: exactly one probe at a time
-  if self.probing then return false, 0 end
-  self.probing = true
+  -- half open: exactly one probe at a time (a probe whose task never came
+  -- back -- abandoned coroutine -- is replaced after another cool-down)
+  if self.probing and t < self.probe_at + math.max(self.cfg.cooldown_ms, 1) then return false, 0 end
+  self.probing, self.probe_at = true, t
   return true, true
 end
 

@@ -184,6 +184,22 @@ function TestBreakerUnit.test_state_machine_on_an_injected_clock()
   lu.assertTrue((b:allow()))
 end
 
+function TestBreakerUnit.test_an_abandoned_probe_is_replaced_after_a_cooldown()
+  local now = 0
+  local b = retry.breaker("h", retry.breaker_config{ failures = 1, cooldown_ms = 1000 }, function() return now end)
+  b:allow(); b:record({ status = 500 })
+  now = 1.5
+  local ok, probe = b:allow()
+  lu.assertTrue(ok and probe)            -- this probe never reports back
+  now = 2.0
+  lu.assertFalse((b:allow()))
+  now = 2.6
+  ok, probe = b:allow()
+  lu.assertTrue(ok and probe)
+  b:record(nil, true)
+  lu.assertEquals(b.state, "closed")
+end
+
 function TestBreakerUnit.test_counts_only_host_failures()
   lu.assertTrue(retry.is_host_failure{ kind = "network", code = "COULDNT_CONNECT" })
   lu.assertTrue(retry.is_host_failure{ kind = "timeout", code = "OPERATION_TIMEDOUT" })
