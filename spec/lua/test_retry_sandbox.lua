@@ -267,6 +267,26 @@ function TestRetrySandbox.test_401_mid_session_is_healed_once()
   lu.assertEquals(seq, { "PUT 401", "POST 401", "POST 200", "PUT 200", "PUT 200" })
 end
 
+function TestRetrySandbox.test_transient_auth_failure_is_retried_but_wrong_secret_is_not()
+  local c = client(FAST)
+  ctl.faults{ { method = "POST", path = "/auth$", action = "status", status = 503, retry_after = 0 } }
+  assert(c.sign:get_tss(p.tss_id))
+  local seq = {}
+  for _, r in ipairs(ctl.requests()) do seq[#seq + 1] = r.method .. " " .. r.status end
+  lu.assertEquals(seq, { "POST 503", "POST 200", "GET 200" })
+  local kinds = {}
+  for _, ev in ipairs(events) do kinds[#kinds + 1] = ev.event .. ":" .. tostring(ev.status) end
+  lu.assertEquals(kinds, { "auth:503", "retry:503", "auth:200", "request:200" })
+  -- a wrong secret: one POST /auth, no retry
+  ctl.clear()
+  ctl.clear_requests()
+  local bad = client(FAST, { api_secret = "not-the-secret" })
+  local _, err = bad.sign:get_tss(p.tss_id)
+  lu.assertEquals(err.status, 401)
+  lu.assertEquals(err.attempts, 1)
+  lu.assertEquals(#ctl.requests(), 1)
+end
+
 function TestRetrySandbox.test_attempt_budget()
   local c = client{ attempts = 3, base_ms = 5, max_ms = 10, seed = 1 }
   assert(c.sign:auth())
