@@ -550,6 +550,7 @@ static int http_session_new(lua_State *L)
     long timeout_ms = HTTP_DEFAULT_TIMEOUT_MS, connect_ms = HTTP_DEFAULT_CONNECT_MS;
     const char *ca_file = NULL, *user_agent = NULL;
     size_t max_body = HTTP_DEFAULT_MAX_BODY;
+    long max_connections = 0;   /* 0: no limit */
     if (has_opts) {
         timeout_ms = opt_ms_field(L, 1, "timeout_ms", timeout_ms);
         connect_ms = opt_ms_field(L, 1, "connect_timeout_ms", connect_ms);
@@ -561,6 +562,14 @@ static int http_session_new(lua_State *L)
             if (!isnum || i <= 0)
                 luaL_error(L, "max_body_bytes must be a positive integer");
             max_body = (size_t)i;
+        }
+        lua_pop(L, 1);
+        if (lua_getfield(L, 1, "max_connections") != LUA_TNIL) {
+            int isnum = 0;
+            lua_Integer i = lua_tointegerx(L, -1, &isnum);
+            if (!isnum || i <= 0 || i > 65536)
+                luaL_error(L, "max_connections must be a positive integer");
+            max_connections = (long)i;
         }
         lua_pop(L, 1);
     }
@@ -590,6 +599,14 @@ static int http_session_new(lua_State *L)
     if (s->multi == NULL) {
         session_close(s);
         return http_push_error(L, "network", "OUT_OF_MEMORY", "curl_multi_init failed");
+    }
+    if (max_connections > 0) {
+        /* Requests beyond the limit wait in libcurl's queue for a free connection. */
+        CURLMcode mc = curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_connections);
+        if (mc != CURLM_OK) {
+            session_close(s);
+            return http_push_error(L, "network", "MULTI_SETOPT_FAILED", curl_multi_strerror(mc));
+        }
     }
     return 1;
 }

@@ -128,6 +128,33 @@ function TestDriver.test_many_in_flight_overlap_and_connections_are_reused()
   lu.assertEquals(reopened, 0, "kept-alive connections are reused by later requests")
 end
 
+function TestDriver.test_max_connections_queues_the_rest()
+  latency(100)
+  control("DELETE", "/_sandbox/requests")
+  local s <close> = http.session{ max_connections = 3 }
+  local hs = {}
+  for i = 1, 9 do hs[i] = assert(s:submit{ url = url(API) }) end
+  drain(s, hs)
+  local opened = 0
+  for _, h in ipairs(hs) do
+    lu.assertEquals(assert(h:result()).status, 401)
+    opened = opened + h:result().connects
+  end
+  lu.assertEquals(opened, 3, "3 connections, reused by the queued requests")
+  -- the sandbox never had more than 3 in flight
+  local ev = {}
+  for _, e in ipairs(control("GET", "/_sandbox/requests").requests) do
+    ev[#ev + 1] = { e.received_ms, 1 }
+    ev[#ev + 1] = { e.respond_ms, -1 }
+  end
+  table.sort(ev, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+  local cur, peak = 0, 0
+  for _, e in ipairs(ev) do cur = cur + e[2]; peak = math.max(peak, cur) end
+  lu.assertEquals(#ev, 18)
+  lu.assertTrue(peak >= 2 and peak <= 3, "peak in flight " .. peak)
+  lu.assertErrorMsgContains("max_connections", http.session, { max_connections = 0 })
+end
+
 function TestDriver.test_cancel()
   latency(200)
   local s <close> = http.session{}
