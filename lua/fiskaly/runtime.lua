@@ -176,21 +176,22 @@ end
 -- they wait and get the same results (or the same error is raised in each).
 -- Outside a task, or when no call is running, fn is called directly.
 -- Use: token refresh, so concurrent requests share one authentication.
-local inflight = {}  -- key -> { waiters = { task, ... } }
+local inflight = {}  -- key -> { leader = task, waiters = { task, ... } }
 
 function M.once(key, fn, ...)
   if key == nil then error("runtime.once: key must not be nil", 2) end
   local task = current_task()
   local cur = inflight[key]
-  if cur and task then
+  if cur and task and cur.leader ~= task then
     cur.waiters[#cur.waiters + 1] = task
     local r = co_yield(WAIT)
     -- r = packed { ok, ... } of the leader's pcall
     if not r[1] then error(r[2], 0) end
     return unpack(r, 2, r.n)
   end
-  if cur or not task then return fn(...) end  -- blocking caller: nothing to share with
-  cur = { waiters = {} }
+  -- a blocking caller has nothing to share with; a re-entrant call of the leader runs fn itself
+  if cur or not task then return fn(...) end
+  cur = { leader = task, waiters = {} }
   inflight[key] = cur
   local r = pack(pcall(fn, ...))
   inflight[key] = nil

@@ -381,6 +381,15 @@ function TestRuntime.test_once_shares_one_call_between_tasks()
   for i = 1, 3 do tasks[i] = runtime.spawn(function() return runtime.once("x", failing) end) end
   run_all()
   for i = 1, 3 do lu.assertEquals({ tasks[i]:result() }, { false, "auth failed" }) end
+  -- a re-entrant call by the leader itself runs fn (no self-deadlock)
+  local inner = runtime.spawn(function()
+    return runtime.once("r", function()
+      runtime.sleep(1)
+      return runtime.once("r", function() return "inner" end)
+    end)
+  end)
+  run_all()
+  lu.assertEquals({ inner:result() }, { true, "inner" })
   -- outside a task, once() just calls fn
   lu.assertEquals(runtime.once("k", function(a) return a + 1 end, 41), 42)
 end
