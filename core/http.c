@@ -3,6 +3,7 @@
  *
  *   local s = core.http.session{ ca_file =, timeout_ms =, connect_timeout_ms =, user_agent = }
  *   local res, err = s:request{ method =, url =, headers = {}, body =, timeout_ms =, fresh_connect = }
+ *   local h = s:submit{ ... }; local finished = s:step(timeout_ms); h:result()
  *
  * Design (so a non-blocking driver can be added without a rewrite):
  *
@@ -17,8 +18,13 @@
  *   session it is linked into the session's list; closing the session
  *   detaches every transfer first.
  * - session:request drives the multi (curl_multi_perform/curl_multi_poll)
- *   until its own transfer is done.  A later step()/submit() API drives the
- *   same loop without blocking.
+ *   until its own transfer is done.
+ * - session:submit(req) starts a transfer and returns it as a Request
+ *   (fiskaly.http.Request, same struct with two user values: its Session and,
+ *   once finished, its result); session:step(timeout_ms) drives the same
+ *   multi for at most timeout_ms and returns the Requests that finished.
+ *   http.wait polls the sockets of several sessions at once.  Submitted
+ *   transfers progress during a blocking :request too; step reports them.
  *
  * libcurl callbacks never call Lua: the write and header callbacks append to
  * malloc'd buffers owned by the transfer and report out-of-memory (or an
