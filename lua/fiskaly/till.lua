@@ -20,6 +20,9 @@ local transaction = require "fiskaly.transaction"
 
 local M = {}
 
+-- Default total time (ms) one transaction call may take, retries included.
+M.SALE_DEADLINE_MS = 5000
+
 local Till = {}
 Till.__index = Till
 Till.__name = "fiskaly.Till"
@@ -72,7 +75,8 @@ end
 -- key (the store's sealing key), base_url | sign_base_url, ca_file, log,
 -- plugins (list of directories; default $FISKALY_PLUGIN_PATH or ./plugins),
 -- budget (plugin budget), tss (id or label), client (serial or id),
--- organization (name), attempts (per PUT). Returns a till, or nil, err.
+-- organization (name), attempts (read-back rounds per PUT), sale_deadline_ms
+-- (per transaction call, retries included; default 5000). Returns a till, or nil, err.
 function M.open(opts)
   if type(opts) ~= "table" then error("fiskaly.till.open: options table expected", 2) end
   local st, serr = opts.store, nil
@@ -93,6 +97,9 @@ function M.open(opts)
     base_url = opts.base_url, sign_base_url = opts.sign_base_url,
     management_base_url = opts.management_base_url, ca_file = opts.ca_file, log = opts.log,
     api_key = r.key.api_key, api_secret = r.key.secret,
+    -- a sale must not hold the till: each transaction call gives up after
+    -- sale_deadline_ms (all retries included), then the sale is an outage
+    retry = { deadline_ms = { tx = opts.sale_deadline_ms or M.SALE_DEADLINE_MS } },
   }
   local paths = opts.plugins
   if not paths then

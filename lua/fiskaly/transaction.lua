@@ -21,6 +21,9 @@ local function outcome_unknown(err)
   return err.status ~= nil and err.status >= 500
 end
 
+-- Errors after which the request certainly never reached the service.
+local NOT_SENT = { COULDNT_CONNECT = true, COULDNT_RESOLVE_HOST = true, CIRCUIT_OPEN = true }
+
 -- Errors that mean "the TSE is unreachable right now" (as opposed to a bad request).
 local function is_outage(err)
   if type(err) ~= "table" then return false end
@@ -53,6 +56,7 @@ local function upsert_reconciled(sign, tss_id, tx_id, rev, body, attempts)
     res, err = sign:upsert_transaction(tss_id, tx_id, rev, body)
     if res then return res end
     if not outcome_unknown(err) and err.code ~= "E_TX_UPSERT" then return nil, err end
+    if NOT_SENT[err.code] then return nil, err end   -- nothing to read back
     local cur = sign:get_transaction(tss_id, tx_id)
     if cur and cur.latest_revision and cur.latest_revision >= rev then
       if cur.latest_revision == rev and cur.state == body.state then
@@ -94,7 +98,8 @@ end
 -- opts: sign (client.sign), tss_id, client_id, schema (the SIGN DE schema
 -- table, e.g. { standard_v1 = { receipt = ... } }), optional journal
 -- ({ record = function(self, tx_id, fields) }), tss_public_key (base64),
--- attempts (per PUT, default 3), tx_id (default: new UUIDv4).
+-- attempts (read-back rounds per PUT, default 2; the client retries each
+-- request itself), tx_id (default: new UUIDv4).
 -- Returns a result table for the receipt printer, or nil, err when the sale
 -- could not be fiscalised for a reason other than an outage (bad receipt,
 -- wrong state): then nothing was signed that needs printing.
@@ -106,7 +111,7 @@ function M.run(opts)
   if type(client_id) ~= "string" then error("fiskaly.transaction.run: opts.client_id required", 2) end
   if type(opts.schema) ~= "table" then error("fiskaly.transaction.run: opts.schema required", 2) end
   local journal = opts.journal or memory_journal()
-  local attempts = opts.attempts or 3
+  local attempts = opts.attempts or 2
   local tx_id = opts.tx_id or core.crypto.uuid4()
   local body_json = assert(json.encode(opts.schema))
 
