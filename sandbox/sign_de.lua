@@ -431,6 +431,7 @@ local TX_ORDER = { "number", "state", "time_start", "time_end" }
 
 -- ------------------------------------------------------------------ routes
 function M.routes(r)
+  require("sandbox.export").routes(r, get_tss)   -- exports (sandbox/export.lua)
   r("POST", "^/api/v2/auth$", function(ctx, req)
     return 200, auth.login(ctx, req, "sign")
   end)

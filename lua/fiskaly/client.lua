@@ -177,7 +177,7 @@ function Api:_exchange(op, attempt, token_override, timeout_ms)
   end
   local probe = info == true
   event.breaker_probe = probe or nil
-  local headers = { ["Accept"] = "application/json" }
+  local headers = { ["Accept"] = op.raw and (op.accept or "*/*") or "application/json" }
   local body = op.body
   if type(body) == "table" then
     local s, jerr = json.encode(body)
@@ -217,9 +217,14 @@ function Api:_exchange(op, attempt, token_override, timeout_ms)
   event.status = res.status
   event.connects = res.connects  -- 0 when a kept-alive connection was reused
   event.request_id = errors.request_id(res.headers) or request_id
+  local ok_status = res.status >= 200 and res.status < 300
+  if ok_status and op.raw then     -- op.raw: a binary body (e.g. a TAR export), returned as a string
+    breaker:record(nil, probe)
+    return res.body, nil, res, event
+  end
   local decoded
   if res.body ~= "" then decoded = json.decode(res.body) end
-  if res.status >= 200 and res.status < 300 then
+  if ok_status then
     breaker:record(nil, probe)
     if res.body == "" then decoded = {} end
     if type(decoded) ~= "table" then
@@ -370,7 +375,8 @@ end
 --   * everything together stays within the call's deadline: no sleep runs past it;
 --   * the host's circuit breaker fails the call fast while the host is down.
 -- op: method, path, query, body, timeout (class) or timeout_ms, deadline_ms,
--- secrets (extra values to scrub), probe, idempotent (override).
+-- secrets (extra values to scrub), probe, idempotent (override), raw (a 2xx body
+-- is returned as the string it is, not decoded: binary downloads), accept.
 -- Every attempt is logged once, with retry_in_ms when another attempt follows.
 function Api:call(op)
   local shared = client_priv(self).shared

@@ -450,4 +450,81 @@ function M.list_transactions(self, tss_id, query, o)
   return run(self, o, { method = "GET", path = path, query = query })
 end
 
+-------------------------------------------------------------------- exports (fiskaly-api.md §9)
+
+local EXPORT_FILTERS = {
+  client_id = "uuid", transaction_number = "digits", start_transaction_number = "digits",
+  end_transaction_number = "digits", start_date = "digits", end_date = "digits",
+  maximum_number_records = "digits", start_signature_counter = "digits", end_signature_counter = "digits",
+}
+
+local function export_query(query)
+  if query == nil then return nil, nil end
+  local q = {}
+  for k, v in pairs(query) do
+    local kind = EXPORT_FILTERS[k]
+    if not kind then misuse("trigger_export", "unknown export filter " .. tostring(k)) end
+    if kind == "uuid" then
+      local e = V.uuid(k, v)
+      if e then return nil, e end
+      q[k] = v
+    else
+      if math.type(v) == "integer" and v >= 0 then v = tostring(v) end
+      if type(v) ~= "string" or not v:match("^%d+$") then
+        return nil, errors.validation(k, "must be a non-negative integer or digit string")
+      end
+      q[k] = v
+    end
+  end
+  return q
+end
+
+-- PUT /tss/{tss_id}/export/{export_id} (body {}); query: client_id, transaction_number,
+-- start_/end_transaction_number, start_/end_date (Unix s), start_/end_signature_counter,
+-- maximum_number_records. The export starts PENDING.
+function M.trigger_export(self, tss_id, export_id, query, o)
+  need_string("trigger_export", "tss_id", tss_id)
+  need_string("trigger_export", "export_id", export_id)
+  need_table("trigger_export", "query", query, true)
+  o = call_opts("trigger_export", o)
+  local e = checked(o, V.uuid("tss_id", tss_id), V.uuid("export_id", export_id))
+  if e then return nil, e end
+  local q, qerr = export_query(query)
+  if qerr then return nil, qerr end
+  return run(self, o, { method = "PUT", path = "/tss/" .. seg(tss_id) .. "/export/" .. seg(export_id),
+    query = q, body = {} })
+end
+
+-- GET /tss/{tss_id}/export/{export_id}: state PENDING, WORKING, COMPLETED, CANCELLED or ERROR.
+function M.get_export(self, tss_id, export_id, o)
+  need_string("get_export", "tss_id", tss_id)
+  need_string("get_export", "export_id", export_id)
+  o = call_opts("get_export", o)
+  local e = checked(o, V.uuid("tss_id", tss_id), V.uuid("export_id", export_id))
+  if e then return nil, e end
+  return run(self, o, { method = "GET", path = "/tss/" .. seg(tss_id) .. "/export/" .. seg(export_id) })
+end
+
+-- GET /tss/{tss_id}/export/{export_id}/file: the TAR's bytes (a string). Before
+-- completion: nil, err with code E_EXPORT_NOT_COMPLETED and err.retry_after.
+function M.export_file(self, tss_id, export_id, o)
+  need_string("export_file", "tss_id", tss_id)
+  need_string("export_file", "export_id", export_id)
+  o = call_opts("export_file", o)
+  local e = checked(o, V.uuid("tss_id", tss_id), V.uuid("export_id", export_id))
+  if e then return nil, e end
+  return run(self, o, { method = "GET", path = "/tss/" .. seg(tss_id) .. "/export/" .. seg(export_id) .. "/file",
+    raw = true, accept = "application/x-tar" })
+end
+
+-- GET /tss/{tss_id}/export; query: states, order, limit, offset
+function M.list_exports(self, tss_id, query, o)
+  need_string("list_exports", "tss_id", tss_id)
+  need_table("list_exports", "query", query, true)
+  o = call_opts("list_exports", o)
+  local e = checked(o, V.uuid("tss_id", tss_id))
+  if e then return nil, e end
+  return run(self, o, { method = "GET", path = "/tss/" .. seg(tss_id) .. "/export", query = query })
+end
+
 return M
