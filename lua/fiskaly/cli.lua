@@ -1,7 +1,7 @@
 -- fiskaly command line: `fiskaly <command> [options]`.
 -- Each command lives in lua/fiskaly/cli/<command>.lua and returns a table
 -- { summary = "...", usage = "...", run = function(args) -> exit_code }.
-local COMMANDS = { "demo", "sandbox", "provision", "status", "sale", "verify", "receipt" }
+local COMMANDS = { "demo", "sandbox", "provision", "status", "sale", "verify", "export", "receipt" }
 
 local function load_command(name)
   local ok, mod = pcall(require, "fiskaly.cli." .. name)
