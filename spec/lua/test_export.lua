@@ -224,4 +224,37 @@ function TestExport:test_filtered_exports_and_disabled_tss()
   lu.assertEquals(#r3.gaps, 0)
 end
 
+-- `fiskaly export` on a provisioned store: trigger, poll, download, verify.
+function TestExport:test_cli_export_of_a_provisioned_store()
+  local provision = require "fiskaly.provision"
+  local store = require "fiskaly.store"
+  local h, dir = self.h, self.dir
+  local st = assert(store.open{ path = dir .. "/till.db" })
+  assert(provision.run{ store = st, client = H.hub_client(h), config = {
+    organization_id = h.organization_id, serial_number = "TILL-1",
+    organization = { name = "Export CLI " .. dir:match("[^/]+$"), address_line1 = "Hauptstr. 1",
+      zip = "10115", town = "Berlin", country_code = "DEU" },
+  } })
+  local list = assert(provision.list(st))
+  local org = list.organizations[1]
+  local tss, client = org.tss[1], org.tss[1].clients[1]
+  local key = assert(st:api_key_active(org.name))
+  st:close()
+  local sign = H.hub_client(h):with_credentials(key.api_key, key.secret).sign
+  sale(sign, tss.tss_id, client.client_id)
+  sale(sign, tss.tss_id, client.client_id)
+  local out = dir .. "/cli.tar"
+  local how, code, output = H.run_cli(h, { "export", "--store", dir .. "/till.db", "--out", out,
+    "--poll-ms", "1", "--json" }, nil, dir)
+  lu.assertEquals(how, "exit")
+  lu.assertEquals(code, 0, output)
+  local r = assert(json.decode(output:match("{.*}")))
+  lu.assertTrue(r.valid)
+  lu.assertEquals(r.counts.total, 4)
+  lu.assertEquals(verify.export(out).counts.valid, 4)
+  -- --out is required
+  how, code = H.run_cli(h, { "export", "--store", dir .. "/till.db" }, nil, dir)
+  lu.assertEquals(code, 2)
+end
+
 os.exit(lu.LuaUnit.run())
