@@ -21,19 +21,8 @@ local function call_opts(fn, o)
   return o
 end
 
-local function seg(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
-
-local function run(self, o, op)
-  if o.timeout_ms ~= nil then
-    if math.type(o.timeout_ms) ~= "integer" or o.timeout_ms <= 0 then
-      error("fiskaly: timeout_ms must be a positive integer", 3)
-    end
-    op.timeout_ms = o.timeout_ms
-  end
-  return self:call(op)
-end
+local seg = require("fiskaly.client").pct
+local run = require("fiskaly.sign_de")._run
 
 local function first(...)
   for i = 1, select("#", ...) do

@@ -236,9 +236,8 @@ local function call_opts(fn, o)
   return o
 end
 
-local function seg(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+-- One path segment, percent-encoded (the client's encoder).
+local seg = require("fiskaly.client").pct
 
 local function run(self, o, op)
   if o.timeout_ms ~= nil then
@@ -526,5 +525,8 @@ function M.list_exports(self, tss_id, query, o)
   if e then return nil, e end
   return run(self, o, { method = "GET", path = "/tss/" .. seg(tss_id) .. "/export", query = query })
 end
+
+-- Shared with fiskaly.management: runs an op with the per-call options.
+M._run = run
 
 return M
