@@ -151,6 +151,14 @@ function Till:sale(pos_sale, opts)
   return res
 end
 
+-- The CANCELLATION body that closes an open transaction (a cancel must carry
+-- a schema, else fiskaly answers E_TX_NO_TYPE_DEFINED).
+local function cancel_body(client_id)
+  return { state = "CANCELLED", client_id = client_id,
+    schema = { standard_v1 = { receipt = { receipt_type = "CANCELLATION",
+      amounts_per_vat_rate = json.array{}, amounts_per_payment_type = json.array{} } } } }
+end
+
 -- Settles sales a crash or an outage left open. Reads each open journal entry
 -- back from the service: FINISHED there -> recorded as finished (answer was
 -- lost); ACTIVE -> cancelled (CANCELLATION) so it does not count against the
@@ -178,11 +186,8 @@ function Till:recover()
           signature_counter = tx.signature and tonumber(tx.signature.counter), stage = "recover" })
         out.finished = out.finished + 1
       elseif tx.state == "ACTIVE" then
-        local cancelled, cerr = self.sign:upsert_transaction(row.tss_id, row.tx_id, tx.latest_revision + 1, {
-          state = "CANCELLED", client_id = row.client_id,
-          schema = { standard_v1 = { receipt = { receipt_type = "CANCELLATION",
-            amounts_per_vat_rate = json.array{}, amounts_per_payment_type = json.array{} } } },
-        })
+        local cancelled, cerr = self.sign:upsert_transaction(row.tss_id, row.tx_id, tx.latest_revision + 1,
+          cancel_body(row.client_id))
         if not cancelled then return nil, cerr end
         self.store:journal_record(row.tx_id, { state = "cancelled", revision = cancelled.latest_revision,
           number = cancelled.number, stage = "recover" })
@@ -191,6 +196,49 @@ function Till:recover()
         self.store:journal_record(row.tx_id, { state = string.lower(tx.state), stage = "recover" })
         out.cancelled = out.cancelled + 1
       end
+    end
+  end
+  return out
+end
+
+-- Orphan sweeper: cancels this client's transactions that are still ACTIVE at
+-- the service and older than opts.min_age_s (default 300 s), whether or not the
+-- journal knows them (another device, a lost journal, an old crash). ACTIVE
+-- transactions are never closed by fiskaly and count against the TSS's limit
+-- of 2000. Mind fiskaly's limit of 20 list calls per minute per TSS: run it at
+-- start-up or on a schedule, not per sale. Returns { found, cancelled,
+-- skipped } or nil, err.
+function Till:sweep(opts)
+  opts = opts or {}
+  local min_age = opts.min_age_s or 300
+  if math.type(min_age) ~= "integer" or min_age < 0 then
+    error("fiskaly.till:sweep: min_age_s must be a non-negative integer", 2)
+  end
+  local now = os.time()
+  local out = { found = 0, cancelled = 0, skipped = 0 }
+  local offset, limit = 0, 100
+  local open = {}
+  repeat
+    local page, err = self.sign:list_transactions(self.tss_id, { states = { "ACTIVE" }, limit = limit, offset = offset })
+    if not page then return nil, err end
+    for _, tx in ipairs(page.data or {}) do
+      if tx.client_id == self.client_id then open[#open + 1] = tx end
+    end
+    offset = offset + limit
+  until #(page.data or {}) < limit
+  for _, tx in ipairs(open) do
+    out.found = out.found + 1
+    if now - (tonumber(tx.time_start) or now) < min_age then
+      out.skipped = out.skipped + 1
+    else
+      local done, cerr = self.sign:upsert_transaction(self.tss_id, tx._id, tx.latest_revision + 1,
+        cancel_body(self.client_id))
+      if not done then return nil, cerr end
+      local known = self.store:journal_get(tx._id)
+      self.store:journal_record(tx._id, { tss_id = not known and self.tss_id or nil,
+        client_id = not known and self.client_id or nil, state = "cancelled",
+        revision = done.latest_revision, number = done.number, stage = "sweep" })
+      out.cancelled = out.cancelled + 1
     end
   end
   return out

@@ -36,6 +36,10 @@ function TestSaleCli:test_provision_sale_verify_recover()
   lu.assertEquals({ how, code }, { "exit", 0 }, out)
   lu.assertStrContains(out, "checked 0 open sales")
 
+  how, code, out = H.run_cli(h, { "sale", "--sweep", "--min-age", "0" }, env, dir)
+  lu.assertEquals({ how, code }, { "exit", 0 }, out)
+  lu.assertStrContains(out, "0 ACTIVE transactions of this client")
+
   -- TSE gone: the sale still completes, exit 3, "TSE ausgefallen"
   h.stop()
   how, code, out = H.run_cli(h, { "sale", "--plugin", "retail", CASES .. "mixed_vat/sale.json" }, env, dir)

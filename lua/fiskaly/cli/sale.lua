@@ -7,6 +7,8 @@ local M = {
   usage = [[
 usage: fiskaly sale --plugin NAME [options] SALE.json    sign one sale ("-" reads stdin)
        fiskaly sale --recover [options]                 settle sales a crash left open
+       fiskaly sale --sweep [--min-age S] [options]     cancel this client's ACTIVE orphans
+                                                        older than S seconds (default 300)
 
 Options:
   --store PATH      the terminal's store, set up by `fiskaly provision`  [$FISKALY_STORE]
@@ -30,7 +32,7 @@ journal records it); 1 refused (the error says why; nothing was signed);
 
 local VALUE_OPTS = { ["--store"] = "store", ["--key-file"] = "key_file", ["--base-url"] = "base_url",
   ["--ca-file"] = "ca_file", ["--plugins"] = "plugins", ["--conf"] = "conf", ["--tss"] = "tss",
-  ["--client"] = "client", ["--plugin"] = "plugin" }
+  ["--client"] = "client", ["--plugin"] = "plugin", ["--min-age"] = "min_age" }
 
 local function parse(args)
   local o = {}
@@ -41,7 +43,7 @@ local function parse(args)
       if args[i + 1] == nil then return nil, a .. " needs a value" end
       o[VALUE_OPTS[a]] = args[i + 1]
       i = i + 2
-    elseif a == "--json" or a == "--recover" then
+    elseif a == "--json" or a == "--recover" or a == "--sweep" then
       o[a:sub(3)] = true
       i = i + 1
     elseif a:sub(1, 2) == "--" then
@@ -56,7 +58,8 @@ local function parse(args)
   o.key_file = o.key_file or os.getenv("FISKALY_KEY_FILE")
   o.base_url = o.base_url or os.getenv("FISKALY_BASE_URL")
   if not o.store then return nil, "no store: give --store or set FISKALY_STORE" end
-  if not o.recover then
+  if o.min_age and not math.tointeger(tonumber(o.min_age)) then return nil, "--min-age must be an integer" end
+  if not o.recover and not o.sweep then
     if not o.plugin then return nil, "--plugin is required" end
     if not o.file then return nil, "no sale file given" end
   end
@@ -104,7 +107,7 @@ function M.run(args)
     if conf == nil then io.stderr:write("fiskaly sale: ", cerr, "\n") return 2 end
   end
   local sale
-  if not o.recover then
+  if not o.recover and not o.sweep then
     local serr
     sale, serr = read_json(o.file)
     if sale == nil then io.stderr:write("fiskaly sale: ", serr, "\n") return 2 end
@@ -125,6 +128,8 @@ function M.run(args)
   local res
   if o.recover then
     res, err = till:recover()
+  elseif o.sweep then
+    res, err = till:sweep{ min_age_s = o.min_age and math.tointeger(tonumber(o.min_age)) or nil }
   else
     res, err = till:sale(sale, { plugin = o.plugin, conf = conf })
   end
@@ -137,6 +142,15 @@ function M.run(args)
       end
     end
     return 1
+  end
+  if o.sweep then
+    if o.json then
+      io.stdout:write(assert(json.encode(res)), "\n")
+    else
+      io.stdout:write(string.format("%d ACTIVE transactions of this client: %d cancelled, %d younger than the minimum age\n",
+        res.found, res.cancelled, res.skipped))
+    end
+    return 0
   end
   if o.recover then
     if o.json then
