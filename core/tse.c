@@ -62,6 +62,7 @@ static const char *const pd_style_names[] = { "der", "ber-indef", NULL };
 
 static const char *const operation_names[] = {
     "StartTransaction", "UpdateTransaction", "FinishTransaction", NULL };
+static const char *const build_log_type_names[] = { "transaction", "system", NULL };
 
 /* A byte string that is not owned: it points into a Lua string anchored on the stack. */
 typedef struct bytes {
@@ -69,8 +70,10 @@ typedef struct bytes {
     size_t n;
 } bytes;
 
-/* The inputs of one transaction log message. */
+/* The inputs of one transaction (or system) log message. */
 typedef struct tse_fields {
+    int system;                     /* 1: system log (certifiedData = [0] operationType, [1] data) */
+    bytes system_operation_data;
     bytes operation_type;
     bytes client_id;
     bytes process_data;
@@ -179,22 +182,27 @@ static void put_process_data(luaL_Buffer *b, const tse_fields *f)
 }
 
 /*
- * Appends the signed bytes of a transaction log message to b.
+ * Appends the signed bytes of a transaction or system log message to b.
  * Returns NULL, or a message naming the field that cannot be encoded.
  */
 static const char *tbs_build(luaL_Buffer *b, const tse_fields *f)
 {
     luaL_addlstring(b, "\x02\x01\x02", 3);                                  /* version 2 */
-    luaL_addlstring(b, (const char *)OID_CERTIFIED_TX, sizeof OID_CERTIFIED_TX);
+    luaL_addlstring(b, (const char *)OID_CERTIFIED_TX, sizeof OID_CERTIFIED_TX - 1);
+    luaL_addchar(b, f->system ? '\x02' : '\x01');                           /* ...7.1.1 / ...7.1.2 */
     put_prim(b, 0, V_ASN1_CONTEXT_SPECIFIC, f->operation_type.p, f->operation_type.n);
-    put_prim(b, 1, V_ASN1_CONTEXT_SPECIFIC, f->client_id.p, f->client_id.n);
-    put_process_data(b, f);
-    if (f->has_process_type)
-        put_prim(b, 3, V_ASN1_CONTEXT_SPECIFIC, f->process_type.p, f->process_type.n);
-    if (f->has_aed)
-        put_prim(b, 4, V_ASN1_CONTEXT_SPECIFIC, f->aed.p, f->aed.n);
-    if (!put_uint(b, 5, V_ASN1_CONTEXT_SPECIFIC, f->transaction_number))
-        return "transaction_number";
+    if (f->system) {
+        put_prim(b, 1, V_ASN1_CONTEXT_SPECIFIC, f->system_operation_data.p, f->system_operation_data.n);
+    } else {
+        put_prim(b, 1, V_ASN1_CONTEXT_SPECIFIC, f->client_id.p, f->client_id.n);
+        put_process_data(b, f);
+        if (f->has_process_type)
+            put_prim(b, 3, V_ASN1_CONTEXT_SPECIFIC, f->process_type.p, f->process_type.n);
+        if (f->has_aed)
+            put_prim(b, 4, V_ASN1_CONTEXT_SPECIFIC, f->aed.p, f->aed.n);
+        if (!put_uint(b, 5, V_ASN1_CONTEXT_SPECIFIC, f->transaction_number))
+            return "transaction_number";
+    }
     put_prim(b, V_ASN1_OCTET_STRING, V_ASN1_UNIVERSAL, (const char *)f->serial, sizeof f->serial);
     luaL_addlstring(b, (const char *)ALG_PREFIX, sizeof ALG_PREFIX);
     luaL_addchar(b, (char)f->alg->oid_last);
@@ -274,15 +282,29 @@ static void fields_chunks(lua_State *L, int t, tse_fields *f)
         luaL_error(L, "field 'process_data_chunks' is too long");
 }
 
+static void fields_read_common(lua_State *L, int t, tse_fields *f, int want_serial);
+
 /*
  * Fills f from the table at index t (raises on misuse).  The strings stay
  * anchored on the stack above t.  If want_serial is 0 the serial is not read.
  */
 static void fields_read(lua_State *L, int t, tse_fields *f, int want_serial)
 {
-    bytes serial;
     memset(f, 0, sizeof *f);
     luaL_checktype(L, t, LUA_TTABLE);
+    f->system = field_option(L, t, "log_type", "transaction", build_log_type_names);
+    if (f->system) {
+        /* any operationType text (real system logs: "updateTime", "exitSecureState", ...) */
+        field_bytes(L, t, "operation_type", &f->operation_type, 1);
+        if (f->operation_type.n == 0)
+            luaL_error(L, "field 'operation_type' must not be empty");
+        if (!field_bytes(L, t, "system_operation_data", &f->system_operation_data, 0)) {
+            lua_pop(L, 1);
+            f->system_operation_data.p = "";
+        }
+        fields_read_common(L, t, f, want_serial);
+        return;
+    }
     f->operation_type.p = operation_names[field_option(L, t, "operation_type", NULL, operation_names)];
     f->operation_type.n = strlen(f->operation_type.p);
     field_bytes(L, t, "client_id", &f->client_id, 1);
@@ -297,15 +319,22 @@ static void fields_read(lua_State *L, int t, tse_fields *f, int want_serial)
     if (!f->has_aed)
         lua_pop(L, 1);
     f->transaction_number = field_uint(L, t, "transaction_number");
+    f->pd_style = (enum pd_style)field_option(L, t, "process_data_style", "der", pd_style_names);
+    if (f->pd_style == PD_BER_INDEF)
+        fields_chunks(L, t, f);
+    fields_read_common(L, t, f, want_serial);
+}
+
+/* The fields shared by transaction and system logs: counter, time, algorithm, serial. */
+static void fields_read_common(lua_State *L, int t, tse_fields *f, int want_serial)
+{
+    bytes serial;
     f->signature_counter = field_uint(L, t, "signature_counter");
     uint64_t lt = field_uint(L, t, "log_time");
     if (lt > (uint64_t)INT64_MAX / 2)
         luaL_error(L, "field 'log_time' out of range");
     f->log_time = (int64_t)lt;
     f->time_format = (enum time_format)field_option(L, t, "log_time_format", "unixTime", time_format_names);
-    f->pd_style = (enum pd_style)field_option(L, t, "process_data_style", "der", pd_style_names);
-    if (f->pd_style == PD_BER_INDEF)
-        fields_chunks(L, t, f);
     lua_getfield(L, t, "sig_alg");
     size_t an = 0;
     const char *a = lua_tolstring(L, -1, &an);
