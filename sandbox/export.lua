@@ -7,11 +7,11 @@
 -- COMPLETED. The sandbox option export_polls (default 2) sets how many GETs
 -- it takes. The file is 404 E_EXPORT_NOT_COMPLETED (Retry-After: 60) before.
 --
--- Only transaction logs are kept by the sandbox: the system logs written while
--- initialising and disabling a TSS (they take signature counters 1..3 and the
--- last one) are counted, not signed, so an export starts at counter 4 and has
--- no system logs. Between the first and the last transaction log the counters
--- of an unfiltered export are complete.
+-- The system logs signed while initialising (counters 1..3) and disabling a
+-- TSS (its last counter) are exported too, named like real exports
+-- (Unixt_<t>_Sig-<n>_Log-Sys_<operation>.log): an unfiltered export holds every
+-- counter from 1 to the last. Filters by client or transaction number select
+-- transaction logs only; counter and date filters apply to system logs as well.
 local core = require "fiskaly.core"
 local json = require "fiskaly.json"
 local errors = require "sandbox.errors"
@@ -105,6 +105,17 @@ local function collect(tss, f)
       if ok then logs[#logs + 1] = { log = r.log, p = p } end
     end
   end
+  if not (f.client_id or f.transaction_number or f.start_transaction_number or f.end_transaction_number) then
+    for _, log in ipairs(tss.system_logs or {}) do
+      local p = assert(core.tse.parse_log(log))
+      local c, t = p.signature_counter, p.log_time_unix
+      if (not f.start_date or t >= f.start_date) and (not f.end_date or t <= f.end_date)
+          and (not f.start_signature_counter or c >= f.start_signature_counter)
+          and (not f.end_signature_counter or c <= f.end_signature_counter) then
+        logs[#logs + 1] = { log = log, p = p }
+      end
+    end
+  end
   table.sort(logs, function(a, b) return a.p.signature_counter < b.p.signature_counter end)
   return logs
 end
@@ -118,11 +129,14 @@ local function build(ctx, tss, f)
   local files = {}
   for _, l in ipairs(logs) do
     local p = l.p
-    files[#files + 1] = {
+    local name
+    if p.log_type == "system" then
+      name = string.format("Unixt_%d_Sig-%d_Log-Sys_%s.log", p.log_time_unix, p.signature_counter, p.operation_type)
+    else
       name = string.format("Unixt_%d_Sig-%d_Log-Tra_No-%d_%s_Client-%s.log", p.log_time_unix,
-        p.signature_counter, p.transaction_number, OPS[p.operation_type] or "Unknown", p.client_id),
-      data = l.log, mtime = p.log_time_unix,
-    }
+        p.signature_counter, p.transaction_number, OPS[p.operation_type] or "Unknown", p.client_id)
+    end
+    files[#files + 1] = { name = name, data = l.log, mtime = p.log_time_unix }
   end
   files[#files + 1] = { name = tss.serial_hex .. "_X509.pem", data = tss.certificate, mtime = tss.time_creation }
   local info = table.concat({

@@ -17,6 +17,8 @@ local MAX_ACTIVE_TX = 2000       -- max_number_active_transactions
 local MAX_PIN_FAILURES = 5
 local BSI_ID = "BSI-K-TR-0490-2021"
 local INIT_SYSTEM_LOGS = 3       -- system logs signed while initialising
+local INIT_SYSTEM_OPS = { "authenticateUser", "initialize", "updateTime" }
+assert(#INIT_SYSTEM_OPS == INIT_SYSTEM_LOGS)
 local DEFAULT_TSS_LIMIT = 5      -- TSS in CREATED/UNINITIALIZED/INITIALIZED per organization (TEST)
 
 local function copy(t)
@@ -191,6 +193,27 @@ local function sign_log(ctx, tss, t)
   return { counter = tss.signature_counter, log_time = log_time, value = sig, log = full }
 end
 
+-- Signs one system log (TR-03151 certifiedDataType ...7.1.2) and keeps it in
+-- tss.system_logs, so that an unfiltered export has every counter from 1.
+-- operation: a TR-03151 function name ("initialize", "disableSecureElement", ...).
+local function sign_system_log(ctx, tss, operation, data)
+  tss.signature_counter = tss.signature_counter + 1
+  local log_time = ctx.now()
+  local msg = {
+    log_type = "system",
+    operation_type = operation,
+    system_operation_data = data or "",
+    serial_number = tss.serial_raw,
+    sig_alg = "ecdsa-plain-SHA256",
+    signature_counter = tss.signature_counter,
+    log_time = log_time,
+    log_time_format = "unixTime",
+  }
+  msg.signature = assert(tss.key:sign((assert(core.tse.log_message(msg)))))
+  local _, full = core.tse.log_message(msg)
+  tss.system_logs[#tss.system_logs + 1] = full
+end
+
 -- ------------------------------------------------------------------ TSS
 local function create_tss(ctx, tok, id)
   local st = ctx.state
@@ -224,6 +247,7 @@ local function create_tss(ctx, tok, id)
     metadata = {},
     time_creation = ctx.now(),
     clients = {}, txs = {}, tx_by_number = {}, tx_order = {},
+    system_logs = {},                  -- signed system logs (DER), in counter order
   }
   st.tss[id] = tss
   st.tss_order[#st.tss_order + 1] = id
@@ -266,11 +290,12 @@ local function update_tss(ctx, tok, tss, body)
   elseif to == "INITIALIZED" then
     tss.time_init = now
     if body.description ~= nil then tss.description = body.description end
-    -- Initialisation writes system logs; they are counted, not kept.
-    tss.signature_counter = tss.signature_counter + INIT_SYSTEM_LOGS
+    -- Initialisation writes INIT_SYSTEM_LOGS system logs (TR-03151 function names:
+    -- the admin's authentication, initialize, the first time update).
+    for _, op in ipairs(INIT_SYSTEM_OPS) do sign_system_log(ctx, tss, op) end
   elseif to == "DISABLED" then
     tss.time_disable = now
-    tss.signature_counter = tss.signature_counter + 1
+    sign_system_log(ctx, tss, "disableSecureElement")
   end
   tss.state = to
   merge_metadata(tss.metadata, body.metadata)

@@ -165,8 +165,9 @@ local function export_certificates(entries)
   return by_serial, list
 end
 
--- Gaps and repeats in the signature counters of each TSE.
-local function counter_gaps(counters)
+-- Gaps and repeats in the signature counters of each TSE.  from_one: counters
+-- before the first present one are missing too (an unfiltered export starts at 1).
+local function counter_gaps(counters, from_one)
   local gaps, repeats = json.array(), json.array()
   local serials = {}
   for serial in pairs(counters) do serials[#serials + 1] = serial end
@@ -174,6 +175,9 @@ local function counter_gaps(counters)
   for _, serial in ipairs(serials) do
     local list = counters[serial]
     table.sort(list)
+    if from_one and list[1] > 1 then
+      gaps[#gaps + 1] = { serial_number = serial, from = 1, to = list[1] - 1 }
+    end
     for i = 2, #list do
       if list[i] == list[i - 1] then
         repeats[#repeats + 1] = { serial_number = serial, counter = list[i] }
@@ -187,8 +191,9 @@ end
 
 -- Verifies a TAR export file offline: every log message (transaction, system and
 -- audit logs) against the certificate of its TSE in the same archive, and the
--- signature counters for gaps.  opts.allow_gaps: gaps do not make it invalid
--- (e.g. for exports filtered by client).  Returns a report table:
+-- signature counters for gaps (without allow_gaps the first counter of each TSE
+-- must be 1).  opts.allow_gaps: gaps do not make it invalid and the leading
+-- counters are not reported (e.g. for exports filtered by client).  Returns a report table:
 -- { valid, reason, code, messages = { {name, valid, code, reason, log_type,
 --   signature_counter, serial_number, curve} }, certificates, gaps, repeats, counts }.
 function M.export(path, opts)
@@ -235,7 +240,7 @@ function M.export_bytes(blob, opts)
       messages[#messages + 1] = m
     end
   end
-  local gaps, repeats = counter_gaps(counters)
+  local gaps, repeats = counter_gaps(counters, not opts.allow_gaps)
   local report = { messages = messages, certificates = certificates, gaps = gaps, repeats = repeats,
                    counts = counts, valid = false }
   if counts.total == 0 then

@@ -635,6 +635,22 @@ function TestExport.test_gaps_alone_and_allow_gaps()
   os.execute("rm -rf '" .. dir .. "' '" .. path .. "'")
 end
 
+-- Without allow_gaps the first counter must be 1: a missing first log is a gap too.
+function TestExport.test_missing_first_counters_are_a_gap()
+  local key <close> = c.generate_key("P-256")
+  local dir = tmpdir()
+  local logs = make_export(key, 4, dir)
+  os.remove(dir .. "/" .. logs[1]); os.remove(dir .. "/" .. logs[2])
+  local path = tar(dir, "ustar")
+  local r = verify.export(path)
+  lu.assertFalse(r.valid); lu.assertEquals(r.code, "COUNTER_GAP")
+  lu.assertEquals(#r.gaps, 1)
+  lu.assertEquals(r.gaps[1].from, 1); lu.assertEquals(r.gaps[1].to, 2)
+  local lenient = verify.export(path, { allow_gaps = true })
+  lu.assertTrue(lenient.valid); lu.assertEquals(#lenient.gaps, 0)
+  os.execute("rm -rf '" .. dir .. "' '" .. path .. "'")
+end
+
 function TestExport.test_broken_archives()
   local dir = tmpdir()
   local key <close> = c.generate_key("P-256")

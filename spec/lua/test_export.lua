@@ -85,8 +85,10 @@ function TestExport:test_export_is_downloaded_and_every_message_verifies()
   lu.assertNil(err)
   lu.assertTrue(report.valid, tostring(report.reason))
   lu.assertEquals(report.polls, 2)                 -- PENDING -> WORKING -> COMPLETED
-  lu.assertEquals(report.counts.total, 6)
-  lu.assertEquals(report.counts.valid, 6)
+  -- unfiltered: the 3 system logs of initialisation (counters 1..3), then the 6 transaction logs
+  lu.assertEquals(report.counts.total, 9)
+  lu.assertEquals(report.counts.valid, 9)
+  lu.assertEquals(report.counts.system, 3)
   lu.assertEquals(report.counts.transaction, 6)
   lu.assertEquals(#report.gaps, 0)
   lu.assertEquals(#report.repeats, 0)
@@ -94,14 +96,24 @@ function TestExport:test_export_is_downloaded_and_every_message_verifies()
   lu.assertEquals(#report.certificates, 1)
   lu.assertEquals(report.certificates[1].serial_number, tss.serial_number:lower())
   lu.assertEquals(report.certificates[1].name, tss.serial_number:lower() .. "_X509.pem")
-  -- The last counter is the TSS's; the 6 logs are the 6 counters before it, in order.
+  -- The counters run 1..9 = the TSS's last counter, in order; 1..3 are system logs.
   local last = math.tointeger(tonumber(tss.signature_counter))
+  lu.assertEquals(last, 9)
+  local sys_ops = { "authenticateUser", "initialize", "updateTime" }
   local ops = { "Start", "Finish" }
-  for i, m in ipairs(report.messages) do
+  for k, m in ipairs(report.messages) do
     lu.assertTrue(m.valid, m.name .. ": " .. tostring(m.reason))
-    lu.assertEquals(m.log_type, "transaction")
     lu.assertEquals(m.curve, "P-256")
-    lu.assertEquals(m.signature_counter, last - 6 + i)
+    lu.assertEquals(m.signature_counter, k)
+  end
+  for k = 1, 3 do
+    local m = report.messages[k]
+    lu.assertEquals(m.log_type, "system")
+    lu.assertStrMatches(m.name, string.format("Unixt_%%d+_Sig%%-%d_Log%%-Sys_%s%%.log", k, sys_ops[k]))
+  end
+  for i = 1, 6 do
+    local m = report.messages[3 + i]
+    lu.assertEquals(m.log_type, "transaction")
     local tx_no = numbers[(i + 1) // 2]
     lu.assertStrMatches(m.name, string.format("Unixt_%%d+_Sig%%-%d_Log%%-Tra_No%%-%d_%s_Client%%-KASSE%%-1%%.log",
       m.signature_counter, tx_no, ops[(i - 1) % 2 + 1]))
@@ -124,9 +136,9 @@ function TestExport:test_tampered_byte_is_reported_invalid()
   local path = self.dir .. "/export.tar"
   assert(export.run(sign, tss_id, { path = path, poll_ms = 1 }).valid)
   local blob = H.read_file(path)
-  -- The first member is a log message; flip the last byte of its signature.
+  -- The first member is a log message (the system log with counter 1); flip the last byte of its signature.
   local first = blob:sub(1, 100):gsub("%z.*", "")
-  lu.assertStrMatches(first, ".*%.log")
+  lu.assertStrMatches(first, "Unixt_%d+_Sig%-1_Log%-Sys_authenticateUser%.log")
   local size = octal(blob:sub(125, 136))
   local at = 512 + size                             -- 1-based index of its last byte
   local bad = blob:sub(1, at - 1) .. string.char(blob:byte(at) ~ 1) .. blob:sub(at + 1)
@@ -134,7 +146,7 @@ function TestExport:test_tampered_byte_is_reported_invalid()
   lu.assertFalse(r.valid)
   lu.assertEquals(r.code, "INVALID_MESSAGES")
   lu.assertEquals(r.counts.invalid, 1)
-  lu.assertEquals(r.counts.valid, 1)
+  lu.assertEquals(r.counts.valid, 4)
   lu.assertEquals(r.messages[1].name, first)
   lu.assertFalse(r.messages[1].valid)
   lu.assertTrue(r.messages[2].valid)
@@ -208,6 +220,10 @@ function TestExport:test_filtered_exports_and_disabled_tss()
   local strict = verify.export(path)
   lu.assertFalse(strict.valid)
   lu.assertEquals(strict.code, "COUNTER_GAP")
+  -- without allow_gaps the counters before the first present one (the system logs 1..3) are missing too
+  lu.assertEquals(#strict.gaps, 2)
+  lu.assertEquals(strict.gaps[1].from, 1); lu.assertEquals(strict.gaps[1].to, 3)
+  lu.assertStrContains(strict.reason, "1 to 3")
   -- by transaction number
   local r2 = assert(export.run(sign, tss_id, { path = path, poll_ms = 1,
     query = { start_transaction_number = 2, end_transaction_number = 2 } }))
@@ -215,13 +231,31 @@ function TestExport:test_filtered_exports_and_disabled_tss()
   lu.assertEquals(r2.counts.total, 2)
   lu.assertEquals(#r2.gaps, 0)
   lu.assertStrMatches(r2.messages[1].name, ".*_No%-2_Start_Client%-KASSE%-2%.log")
-  -- a DISABLED TSS can still be exported, unfiltered: all 6 logs, no gaps
+  -- a DISABLED TSS can still be exported, unfiltered: 3 + 1 system logs and the 6 transaction logs,
+  -- counters 1..10 with no gaps, the last one disableSecureElement
   assert(sign:admin_auth(tss_id, PIN))
   assert(sign:update_tss(tss_id, { state = "DISABLED" }))
   local r3 = assert(export.run(sign, tss_id, { path = path, poll_ms = 1 }))
   lu.assertTrue(r3.valid, tostring(r3.reason))
-  lu.assertEquals(r3.counts.total, 6)
+  lu.assertEquals(r3.counts.total, 10)
+  lu.assertEquals(r3.counts.system, 4)
+  lu.assertEquals(r3.counts.valid, 10)
   lu.assertEquals(#r3.gaps, 0)
+  local lastm = r3.messages[#r3.messages]
+  lu.assertEquals(lastm.signature_counter, 10)
+  lu.assertEquals(lastm.log_type, "system")
+  lu.assertStrMatches(lastm.name, "Unixt_%d+_Sig%-10_Log%-Sys_disableSecureElement%.log")
+  lu.assertEquals(tonumber(assert(sign:get_tss(tss_id)).signature_counter), 10)
+  -- a counter filter applies to system logs too: 2..4 = initialize, updateTime, the first Start
+  local r4 = assert(export.run(sign, tss_id, { path = path, poll_ms = 1,
+    query = { start_signature_counter = 2, end_signature_counter = 4 } }))
+  lu.assertTrue(r4.valid, tostring(r4.reason))
+  lu.assertEquals(r4.counts.system, 2)
+  lu.assertEquals(r4.counts.transaction, 1)
+  -- the same file checked strictly: counter 1 is missing before the first present one
+  local strict4 = verify.export(path)
+  lu.assertEquals(strict4.code, "COUNTER_GAP")
+  lu.assertEquals(strict4.gaps[1].from, 1); lu.assertEquals(strict4.gaps[1].to, 1)
 end
 
 -- `fiskaly export` on a provisioned store: trigger, poll, download, verify.
@@ -250,8 +284,9 @@ function TestExport:test_cli_export_of_a_provisioned_store()
   lu.assertEquals(code, 0, output)
   local r = assert(json.decode(output:match("{.*}")))
   lu.assertTrue(r.valid)
-  lu.assertEquals(r.counts.total, 4)
-  lu.assertEquals(verify.export(out).counts.valid, 4)
+  lu.assertEquals(r.counts.total, 7)            -- 3 system logs of initialisation + 2 sales
+  lu.assertEquals(r.counts.system, 3)
+  lu.assertEquals(verify.export(out).counts.valid, 7)
   -- --out is required
   how, code = H.run_cli(h, { "export", "--store", dir .. "/till.db" }, nil, dir)
   lu.assertEquals(code, 2)
