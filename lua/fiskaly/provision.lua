@@ -368,19 +368,24 @@ tss_create = function(ctx, T)
   end
 end
 
+-- Runs a TSS state change (retried); when it fails, an earlier attempt may
+-- have gone through: the state read back from the service decides. Returns
+-- the TSS resource in state `to`, or fails with the call's error.
+local function change_state(ctx, T, to, call)
+  local t, err = with_retry(3, call)
+  if t then return t end
+  local r = remote_tss(ctx, T.id)
+  if not (r and r.state == to) then fail(err) end
+  return r
+end
+
 local function step_personalize(ctx, T)
   run_step(ctx, T.scope, "tss_personalize", function(j)
     if T.state ~= "CREATED" then return "skip", "already " .. tostring(T.state) end
     j.intent({ tss_id = T.id, to = "UNINITIALIZED" })
-    local t, err = with_retry(3, function()
+    local t = change_state(ctx, T, "UNINITIALIZED", function()
       return ctx.sign.sign:update_tss(T.id, { state = "UNINITIALIZED" })
     end)
-    if not t then
-      -- maybe an earlier attempt went through: read the state back
-      local r = remote_tss(ctx, T.id)
-      if not (r and r.state == "UNINITIALIZED") then fail(err) end
-      t = r
-    end
     j.applied()
     save_tss_fields(ctx, T.id, t)
     T.state = t.state
@@ -465,14 +470,9 @@ local function step_initialize(ctx, T)
       fail(new_error("TSS_STATE", "cannot initialize TSS " .. T.id .. " in state " .. tostring(T.state)))
     end
     j.intent({ tss_id = T.id, to = "INITIALIZED" })
-    local t, err = with_retry(3, function()
+    local t = change_state(ctx, T, "INITIALIZED", function()
       return as_admin(ctx, T, function() return ctx.sign.sign:update_tss(T.id, { state = "INITIALIZED" }) end)
     end)
-    if not t then
-      local r = remote_tss(ctx, T.id)
-      if not (r and r.state == "INITIALIZED") then fail(err) end
-      t = r
-    end
     j.applied()
     save_tss_fields(ctx, T.id, t)
     T.state = t.state
