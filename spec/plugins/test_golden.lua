@@ -5,22 +5,8 @@ local lu = require "luaunit"
 local receipt = require "fiskaly.receipt"
 local json = require "fiskaly.json"
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function ls(dir)
-  local out = {}
-  local p = assert(io.popen("ls -1 '" .. dir .. "' 2>/dev/null"))
-  for line in p:lines() do out[#out + 1] = line end
-  p:close()
-  table.sort(out)
-  return out
-end
+local files = require "helpers.files"
+local read, ls = files.read, files.ls
 
 local engine = receipt.new { paths = { "plugins" } }
 

@@ -9,22 +9,8 @@ local json = require "fiskaly.json"
 local receipt = require "fiskaly.receipt"
 local helper = require "helpers.sandbox"
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function ls(dir)
-  local out = {}
-  local p = assert(io.popen("ls -1 '" .. dir .. "' 2>/dev/null"))
-  for line in p:lines() do out[#out + 1] = line end
-  p:close()
-  table.sort(out)
-  return out
-end
+local files = require "helpers.files"
+local read, ls = files.read, files.ls
 
 -- Provisions org -> key -> TSS (INITIALIZED) -> client; returns client, tss_id, client_id.
 local function provision(sb)
