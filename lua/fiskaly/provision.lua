@@ -160,24 +160,35 @@ end
 
 -- ------------------------------------------------------------------ org steps
 
-local function find_org(ctx, tag)
-  local mgmt = ctx.hub.management
-  if type(mgmt.list_organizations) ~= "function" then
-    return nil, new_error("UNSUPPORTED", "the client has no management:list_organizations to look the organization up")
-  end
+-- Walks a paged list (pages of 100; at most 100 pages): list_page(offset)
+-- returns a list envelope or nil, err. Returns the first item for which
+-- match(item) is true, false when there is none, or nil, err.
+local function find_paged(list_page, match)
   local offset = 0
   for _ = 1, 100 do
-    local res, err = mgmt:list_organizations{ limit = 100, offset = offset,
-      managed_by_organization_id = ctx.cfg.organization_id }
+    local res, err = list_page(offset)
     if not res then return nil, err end
     local data = res.data or res
-    for _, o in ipairs(data) do
-      if type(o.metadata) == "table" and o.metadata.fiskaly_provision_id == tag then return o end
+    for _, item in ipairs(data) do
+      if match(item) then return item end
     end
     if #data < 100 then return false end
     offset = offset + #data
   end
   return false
+end
+
+local function find_org(ctx, tag)
+  local mgmt = ctx.hub.management
+  if type(mgmt.list_organizations) ~= "function" then
+    return nil, new_error("UNSUPPORTED", "the client has no management:list_organizations to look the organization up")
+  end
+  return find_paged(function(offset)
+    return mgmt:list_organizations{ limit = 100, offset = offset,
+      managed_by_organization_id = ctx.cfg.organization_id }
+  end, function(o)
+    return type(o.metadata) == "table" and o.metadata.fiskaly_provision_id == tag
+  end)
 end
 
 local function step_management_auth(ctx)
@@ -232,18 +243,9 @@ end
 
 -- The organization's API keys at the service with this name (paged), or false.
 local function find_api_key(ctx, name)
-  local offset = 0
-  for _ = 1, 100 do
-    local res, err = ctx.hub.management:list_api_keys(ctx.org_id, { limit = 100, offset = offset })
-    if not res then return nil, err end
-    local data = res.data or res
-    for _, k in ipairs(data) do
-      if k.name == name then return k end
-    end
-    if #data < 100 then return false end
-    offset = offset + #data
-  end
-  return false
+  return find_paged(function(offset)
+    return ctx.hub.management:list_api_keys(ctx.org_id, { limit = 100, offset = offset })
+  end, function(k) return k.name == name end)
 end
 
 local function step_api_key(ctx)
