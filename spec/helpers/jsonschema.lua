@@ -246,4 +246,15 @@ function M.new(root)
   }
 end
 
+-- fiskaly's SIGN DE OpenAPI document from ../shared (or $FISKALY_SHARED_DIR):
+-- returns the decoded document and a validator over it.
+function M.load_openapi()
+  local path = (os.getenv("FISKALY_SHARED_DIR") or "../shared")
+    .. "/reference/fiskaly-sign-de-openapi-v2.1.35.json"
+  local f = assert(io.open(path, "rb"))
+  local spec = assert(M.decode(f:read("a")))
+  f:close()
+  return spec, M.new(spec)
+end
+
 return M

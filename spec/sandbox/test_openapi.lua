@@ -8,11 +8,7 @@ local json = require "fiskaly.json"
 local jsonschema = require "helpers.jsonschema"
 local api = require "sandbox.api"
 
-local SPEC_FILE = (os.getenv("FISKALY_SHARED_DIR") or "../shared") .. "/reference/fiskaly-sign-de-openapi-v2.1.35.json"
-local f = assert(io.open(SPEC_FILE, "rb"))
-local SPEC = assert(jsonschema.decode(f:read("a")))
-f:close()
-local V = jsonschema.new(SPEC)
+local SPEC, V = jsonschema.load_openapi()
 
 -- fiskaly's "Known issues": signature.counter is typed string but the middleware
 -- sends a number; clients must accept both. Nothing else is relaxed.
