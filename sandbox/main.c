@@ -404,6 +404,24 @@ static ssize_t truncate_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
+/*
+ * Adds resp's headers to r (NULL: MHD could not create it) and queues it with
+ * resp's status. Frees resp and r either way.
+ */
+static enum MHD_Result queue_response(struct MHD_Connection *conn, sandbox_response *resp,
+                                      struct MHD_Response *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    if (r != NULL) {
+        for (size_t i = 0; i < resp->n_headers; i++)
+            MHD_add_response_header(r, resp->headers[i].key, resp->headers[i].value);
+        ret = MHD_queue_response(conn, resp->status, r);
+        MHD_destroy_response(r);
+    }
+    response_free(resp);
+    return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -415,7 +433,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     sandbox_exchange ex;
     kv_list headers, query;
     struct MHD_Response *r;
-    enum MHD_Result ret;
     (void)version;
 
     if (!req) {                                      /* first call: headers only */
@@ -487,34 +504,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (resp.drop == 2) {                            /* headers, then close */
         r = MHD_create_response_from_callback(resp.body_len > 0 ? resp.body_len : 1, 4096,
                                               truncate_reader, NULL, NULL);
-        if (!r) {
-            response_free(&resp);
-            return MHD_NO;
-        }
-        for (size_t i = 0; i < resp.n_headers; i++)
-            MHD_add_response_header(r, resp.headers[i].key, resp.headers[i].value);
-        ret = MHD_queue_response(conn, resp.status, r);
-        MHD_destroy_response(r);
-        response_free(&resp);
-        return ret;
+        return queue_response(conn, &resp, r);
     }
     if (resp.drop) {                                 /* close without an answer */
         response_free(&resp);
         return MHD_NO;
     }
-
     r = MHD_create_response_from_buffer(resp.body_len, resp.body ? resp.body : (char *)"",
                                         MHD_RESPMEM_MUST_COPY);
-    if (!r) {
-        response_free(&resp);
-        return MHD_NO;
-    }
-    for (size_t i = 0; i < resp.n_headers; i++)
-        MHD_add_response_header(r, resp.headers[i].key, resp.headers[i].value);
-    ret = MHD_queue_response(conn, resp.status, r);
-    MHD_destroy_response(r);
-    response_free(&resp);
-    return ret;
+    return queue_response(conn, &resp, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
